@@ -1,0 +1,22 @@
+"""Shared fixtures: the real tokenizer from ../shared, and synthetic models made once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GGML_NO_BACKTRACE", "1")  # a failed GGML_ASSERT must not start gdb
+
+from _reference import shared_path  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path() -> Path:
+    return shared_path("assets", "tokenizer.model")
+
+
+@pytest.fixture(scope="session")
+def voice_wav() -> Path:
+    return shared_path("assets", "voices", "speaker-48k.wav")
