@@ -8,11 +8,15 @@ ggml. Callers pass a C-contiguous float32 matrix whose rows are a multiple of th
 from __future__ import annotations
 
 import ctypes
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from pocket_ggml.errors import QuantizationError
+
+_MIN_ROWS_PER_CHUNK = 64
 
 
 def quantize_rows(matrix: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
@@ -30,15 +34,20 @@ def quantize_rows(matrix: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray
     src = np.ascontiguousarray(matrix)
     row_bytes = n_per_row // block * type_size
     dst = np.empty((rows, row_bytes), dtype=np.uint8)
-    written = ggml.ggml_quantize_chunk(
-        int(qtype),
-        src.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-        dst.ctypes.data_as(ctypes.c_void_p),
-        0,
-        rows,
-        n_per_row,
-        None,
-    )
+    src_p = src.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    dst_p = dst.ctypes.data_as(ctypes.c_void_p)
+
+    def chunk(first: int, count: int) -> int:
+        # ctypes releases the GIL during the call, so chunks run in parallel
+        return ggml.ggml_quantize_chunk(int(qtype), src_p, dst_p, first * n_per_row, count, n_per_row, None)
+
+    n_chunks = max(1, min(os.cpu_count() or 1, rows // _MIN_ROWS_PER_CHUNK))
+    bounds = np.linspace(0, rows, n_chunks + 1).astype(int)
+    if n_chunks == 1:
+        written = chunk(0, rows)
+    else:
+        with ThreadPoolExecutor(n_chunks) as pool:
+            written = sum(pool.map(chunk, bounds[:-1], np.diff(bounds)))
     if written != dst.nbytes:
         raise QuantizationError(f"ggml wrote {written} bytes for {qtype.name}, expected {dst.nbytes}")
     return dst

@@ -1,0 +1,145 @@
+"""Text preparation and sentence chunking, exactly as the reference does them.
+
+`prepare_text_prompt` applies the model's text rules (character replacements, capital first letter,
+terminal punctuation, space padding of short inputs); `split_into_best_sentences` splits on sentence
+ends (never on a decimal point), sub-splits oversized sentences on , ; : and regroups the pieces
+into chunks of at most `max_tokens` tokens. Chunks are decoded back to text and generated one at a
+time, each from a fresh copy of the voice state (pocket_tts.models.text_chunking).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pocket_ggml.errors import PocketError, TokenizerError
+from pocket_ggml.quantize.config import TextRules
+
+MAX_TOKENS_PER_CHUNK = 50
+_TERMINAL_PUNCTUATION = ".!?\u2026"
+_WEAK_PUNCTUATION = ",;:-\u2013\u2014"
+_CLOSERS = "\"'\u201d\u2019)]\u00bb"
+
+
+class TextError(PocketError):
+    """Text that cannot be spoken (empty after preparation)."""
+
+
+class Tokenizer:
+    """The model's SentencePiece tokenizer, from the bytes embedded in the GGUF."""
+
+    def __init__(self, data: bytes, kind: str = "sentencepiece"):
+        if kind != "sentencepiece":
+            raise TokenizerError(f"tokenizer kind {kind!r} is not supported by this runtime (SentencePiece only)")
+        import sentencepiece
+
+        try:
+            self._sp = sentencepiece.SentencePieceProcessor(model_proto=data)
+        except (RuntimeError, TypeError, ValueError):
+            raise TokenizerError("the embedded tokenizer is not a SentencePiece model") from None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self._sp.encode(text, out_type=int)
+
+    def decode(self, tokens: list[int]) -> str:
+        return self._sp.decode(tokens)
+
+
+@dataclass(frozen=True)
+class PreparedText:
+    text: str
+    frames_after_eos_guess: int  # 3 for texts of <= 4 words, else 1 (the caller adds 2)
+
+
+def prepare_text_prompt(text: str, rules: TextRules) -> PreparedText:
+    text = text.strip()
+    if rules.replace_characters:
+        text = " ".join(text.translate(str.maketrans(dict(rules.replace_characters))).split())
+        # Deleted quotes turn '"Hi?", she said' into 'Hi?, she said': keep only the sentence mark.
+        text = re.sub(r"([.!?\u2026])\s*[,;:]", r"\1", text)
+    if text == "":
+        raise TextError("the text is empty")
+    text = text.replace("\n", " ").replace("\r", " ").replace("  ", " ")
+    if rules.remove_semicolons:
+        text = text.replace(";", ",")
+    guess = 3 if len(text.split()) <= 4 else 1
+    if rules.capitalize_first_letter and not text[0].isupper():
+        text = text[0].upper() + text[1:]
+    if rules.append_terminal_punctuation:
+        text = _ensure_terminal_punctuation(text)
+    if rules.pad_with_spaces_for_short_inputs and len(text.split()) < 5:
+        text = " " * 8 + text  # the model does poorly on very few tokens
+    return PreparedText(text, guess)
+
+
+def _ensure_terminal_punctuation(text: str) -> str:
+    """Sentence-final punctuation, after any closing quote or bracket; a trailing , : or dash
+    becomes a period (the splitter only knows a bare period token)."""
+    core = text.rstrip(_CLOSERS + " ")
+    closers = text[len(core):].strip()
+    if not core or core[-1] in _TERMINAL_PUNCTUATION:
+        return text
+    if core[-1] in _WEAK_PUNCTUATION:
+        return core.rstrip(_WEAK_PUNCTUATION + " ") + "." + closers
+    return text + "."
+
+
+def _is_decimal_period_boundary(tokens: list[int], start: int, tok: Tokenizer) -> bool:
+    prefix, suffix = tok.decode(tokens[:start]), tok.decode(tokens[start:])
+    return len(prefix) >= 2 and prefix[-1] == "." and prefix[-2].isdigit() and bool(suffix) and suffix[0].isdigit()
+
+
+def _boundaries(tokens: list[int], boundary_tokens: list[int], tok: Tokenizer | None = None) -> list[int]:
+    """Segment starts: a token right after a run of boundary tokens (0 and len(tokens) included)."""
+    marks = set(boundary_tokens)
+    out, after_mark = [0], False
+    for i, t in enumerate(tokens):
+        if t in marks:
+            after_mark = True
+            continue
+        if after_mark and not (tok is not None and _is_decimal_period_boundary(tokens, i, tok)):
+            out.append(i)
+        after_mark = False
+    out.append(len(tokens))
+    return out
+
+
+def _segments(tokens: list[int], bounds: list[int], tok: Tokenizer) -> list[tuple[int, str]]:
+    return [(b - a, tok.decode(tokens[a:b])) for a, b in zip(bounds, bounds[1:])]
+
+
+def split_into_best_sentences(tok: Tokenizer, text: str, rules: TextRules,
+                              max_tokens: int = MAX_TOKENS_PER_CHUNK) -> list[str]:
+    if max_tokens < 1:
+        raise TextError(f"max_tokens must be at least 1, got {max_tokens}")
+    prepared = prepare_text_prompt(text, rules).text.strip()
+    tokens = tok.encode(prepared)
+    sentence_ends = tok.encode(".!...?")[1:]  # drop the word-start piece
+    segments = _segments(tokens, _boundaries(tokens, sentence_ends, tok), tok)
+    clause_ends = tok.encode(",;:")[1:]
+    refined: list[tuple[int, str]] = []
+    for n, sentence in segments:
+        if n > max_tokens:
+            sub = tok.encode(sentence.strip())
+            parts = _segments(sub, _boundaries(sub, clause_ends), tok)
+            if len(parts) > 1:
+                refined.extend(parts)
+                continue
+        refined.append((n, sentence))
+    chunks: list[str] = []
+    current, count = "", 0
+    for n, sentence in refined:
+        if current == "":
+            current, count = sentence, n
+        elif count + n > max_tokens:
+            chunks.append(current.strip())
+            current, count = sentence, n
+        else:
+            current, count = current + " " + sentence, count + n
+    if current != "":
+        chunks.append(current.strip())
+    return chunks
