@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from _reference import require_reference
+
 from pocket_ggml.errors import ConfigError
 from pocket_ggml.quantize.config import (
     PocketConfig,
@@ -31,11 +31,20 @@ def test_every_released_config_validates_with_expected_sizes():
     for name in released_config_names():
         load_released_config(name)
     en = load_released_config("english")
-    assert (en.flow_lm.d_model, en.flow_lm.num_layers, en.flow_lm.head_dim, en.flow_lm.dim_feedforward) == (1024, 6, 64, 4096)
+    assert (en.flow_lm.d_model, en.flow_lm.num_layers, en.flow_lm.head_dim, en.flow_lm.dim_feedforward) == (
+        1024,
+        6,
+        64,
+        4096,
+    )
     assert (en.mimi.frame_size, en.mimi.resample_stride, en.mimi.decoder_transformer.context) == (1920, 16, 250)
     small = load_released_config("english_2m_2026-10")
     assert (small.flow_lm.num_kv_heads, small.flow_lm.text_rank, small.flow_lm.z_dim, small.flow_lm.flow_type) == (
-        1, 32, 64, "pointwise")
+        1,
+        32,
+        64,
+        "pointwise",
+    )
     assert small.generation.eos_threshold == -1.0
     assert load_released_config("english_2026-04_24l").flow_lm.num_layers == 24
 

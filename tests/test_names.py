@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from _reference import require_reference, shared_path
+
 from pocket_ggml.quantize.config import load_released_config, released_config_names
 from pocket_ggml.quantize.names import (
     GGUF_MAX_NAME,
@@ -20,8 +20,14 @@ from pocket_ggml.quantize.names import (
 
 # english, the small GQA/low-rank/z_proj/pointwise and drifting ones, a 24-layer one, the old
 # inner_dim=512 one without bos_before_voice, and the 18m (full table + z_proj + drifting).
-REFERENCE_CONFIGS = ["english", "english_2m_2026-10", "english_7m_2026-10", "english_2026-04_24l",
-                     "english_2026-01", "english_18m_2026-10"]
+REFERENCE_CONFIGS = [
+    "english",
+    "english_2m_2026-10",
+    "english_7m_2026-10",
+    "english_2026-04_24l",
+    "english_2026-01",
+    "english_18m_2026-10",
+]
 
 
 @pytest.mark.parametrize("config", REFERENCE_CONFIGS)
@@ -54,8 +60,9 @@ def test_without_encoder_drops_exactly_the_voice_cloning_tensors():
     assert len(dropped) == 44
 
 
-@pytest.mark.parametrize("layout,shape", [(Layout.CONV_MATRIX, (8, 3, 5)), (Layout.CONVTR_MATRIX, (6, 4, 10)),
-                                          (Layout.RELEASED, (1, 1, 7))])
+@pytest.mark.parametrize(
+    "layout,shape", [(Layout.CONV_MATRIX, (8, 3, 5)), (Layout.CONVTR_MATRIX, (6, 4, 10)), (Layout.RELEASED, (1, 1, 7))]
+)
 def test_layouts_round_trip(layout, shape):
     a = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     s = to_stored_layout(a, layout)

@@ -86,7 +86,14 @@ def test_mix_policy_places_sensitive_tensors_higher(synth_dir, tokenizer_path):
     assert mf.tensor_type("flow.input_proj.weight") == T.Q8_0  # rows of 32: Q6_K falls back
     q5 = _synthetic_gguf(synth_dir, tokenizer_path, "english", "Q5_K_M")
     mf5 = ModelFile(q5)
-    assert [mf5.tensor_type(f"lm.blk.{i}.ffn_down.weight") for i in range(6)] == [T.Q5_K, T.Q5_K, T.Q6_K, T.Q5_K, T.Q5_K, T.Q6_K]
+    assert [mf5.tensor_type(f"lm.blk.{i}.ffn_down.weight") for i in range(6)] == [
+        T.Q5_K,
+        T.Q5_K,
+        T.Q6_K,
+        T.Q5_K,
+        T.Q5_K,
+        T.Q6_K,
+    ]
 
 
 def test_fallback_for_rows_that_are_not_a_block_multiple(synth_dir, tokenizer_path):
@@ -111,7 +118,9 @@ def test_metadata_round_trip(synth_dir, tokenizer_path):
     assert mf.config == cfg and not mf.info.has_encoder and mf.config.text.pad_with_spaces_for_short_inputs
     cfg_nl = load_released_config("dutch")
     out_nl = synth_dir / "nl.gguf"
-    convert(cfg_nl, out_nl, get_mix("Q4_K_M"), read_tokenizer(tokenizer_path, 4000), synthetic_seed=1, keep_encoder=False)
+    convert(
+        cfg_nl, out_nl, get_mix("Q4_K_M"), read_tokenizer(tokenizer_path, 4000), synthetic_seed=1, keep_encoder=False
+    )
     assert ModelFile(out_nl).config == cfg_nl and dict(cfg_nl.text.replace_characters)["("] == ""
 
 
@@ -139,8 +148,21 @@ def test_synthetic_weights_are_deterministic(synth_dir):
 def test_checkpoint_path_equals_synthetic_path(tmp_path, tokenizer_path):
     """--save-safetensors writes the released layout; converting it gives the same GGUF tensors."""
     st, direct, via = tmp_path / "w.safetensors", tmp_path / "direct.gguf", tmp_path / "via.gguf"
-    r = run_cli("--synthetic", "english_7m_2026-10", "--seed", "2", "-o", str(direct), "--type", "Q4_K_M",
-                "--tokenizer", str(tokenizer_path), "--save-safetensors", str(st), "-q")
+    r = run_cli(
+        "--synthetic",
+        "english_7m_2026-10",
+        "--seed",
+        "2",
+        "-o",
+        str(direct),
+        "--type",
+        "Q4_K_M",
+        "--tokenizer",
+        str(tokenizer_path),
+        "--save-safetensors",
+        str(st),
+        "-q",
+    )
     assert r.exit_code == 0, r.output
     r = run_cli(str(st), "--tokenizer", str(tokenizer_path), "-o", str(via), "--type", "Q4_K_M")
     assert r.exit_code == 0, r.output
@@ -156,11 +178,16 @@ def test_bf16_and_mixed_dtype_checkpoint(tmp_path, tokenizer_path):
 
     cfg = load_released_config("english_2m_2026-10")
     tensors = dict(synthetic_tensors(cfg, seed=4))
-    mixed = {k: torch.from_numpy(v).to(torch.bfloat16 if i % 2 else torch.float32) for i, (k, v) in enumerate(tensors.items())}
+    mixed = {
+        k: torch.from_numpy(v).to(torch.bfloat16 if i % 2 else torch.float32)
+        for i, (k, v) in enumerate(tensors.items())
+    }
     path = tmp_path / "mixed.safetensors"
     safetensors.torch.save_file(mixed, str(path))
     out = tmp_path / "mixed.gguf"
-    r = run_cli(str(path), "--config", "english_2m_2026-10", "--tokenizer", str(tokenizer_path), "-o", str(out), "--type", "F32")
+    r = run_cli(
+        str(path), "--config", "english_2m_2026-10", "--tokenizer", str(tokenizer_path), "-o", str(out), "--type", "F32"
+    )
     assert r.exit_code == 0, r.output
     got = ModelFile(out).released_state_dict()
     for k, v in mixed.items():
@@ -187,8 +214,20 @@ def test_checkpoint_without_voice_cloning(tmp_path, tokenizer_path):
 
 def test_no_encoder_and_overrides(tmp_path, tokenizer_path):
     out = tmp_path / "o.gguf"
-    r = run_cli("--synthetic", "english_2m_2026-10", "-o", str(out), "--no-encoder", "--type", "F32",
-                "--tensor-type", r"lm\.blk\.[0-3]\.attn_out=Q8_0", "--tensor-type", r"norm=Q4_K", "--report")
+    r = run_cli(
+        "--synthetic",
+        "english_2m_2026-10",
+        "-o",
+        str(out),
+        "--no-encoder",
+        "--type",
+        "F32",
+        "--tensor-type",
+        r"lm\.blk\.[0-3]\.attn_out=Q8_0",
+        "--tensor-type",
+        r"norm=Q4_K",
+        "--report",
+    )
     assert r.exit_code == 0, r.output
     mf = ModelFile(out)
     assert not mf.info.has_encoder and not any(n.startswith("mimi.enc.") for n in mf.tensors)
@@ -224,16 +263,44 @@ def _bad_cases(tmp: Path, tok: Path, small: dict[str, np.ndarray]):
     base = ["--config", "english_2m_2026-10", "--tokenizer", str(tok)]
     return {
         "unknown config": ["--synthetic", "english_99m", "-o", str(tmp / "x.gguf")],
-        "unknown config for checkpoint": [str(good), "--config", "nope", "--tokenizer", str(tok), "-o", str(tmp / "x.gguf")],
+        "unknown config for checkpoint": [
+            str(good),
+            "--config",
+            "nope",
+            "--tokenizer",
+            str(tok),
+            "-o",
+            str(tmp / "x.gguf"),
+        ],
         "missing tensor": [str(_write_checkpoint(tmp / "m.safetensors", missing)), *base, "-o", str(tmp / "x.gguf")],
         "extra tensor": [str(_write_checkpoint(tmp / "e.safetensors", extra)), *base, "-o", str(tmp / "x.gguf")],
-        "misshaped tensor": [str(_write_checkpoint(tmp / "s.safetensors", misshaped)), *base, "-o", str(tmp / "x.gguf")],
+        "misshaped tensor": [
+            str(_write_checkpoint(tmp / "s.safetensors", misshaped)),
+            *base,
+            "-o",
+            str(tmp / "x.gguf"),
+        ],
         "unreadable file": [str(tmp / "garbage.safetensors"), *base, "-o", str(tmp / "x.gguf")],
         "not safetensors": [str(tmp / "text.safetensors"), *base, "-o", str(tmp / "x.gguf")],
         "no such file": [str(tmp / "absent.safetensors"), *base, "-o", str(tmp / "x.gguf")],
-        "wrong vocabulary": [str(good), "--config", "english_2m_2026-10", "--tokenizer", str(small_tok), "-o", str(tmp / "x.gguf")],
-        "tokenizer not a model": [str(good), "--config", "english_2m_2026-10", "--tokenizer", str(tmp / "text.safetensors"),
-                                  "-o", str(tmp / "x.gguf")],
+        "wrong vocabulary": [
+            str(good),
+            "--config",
+            "english_2m_2026-10",
+            "--tokenizer",
+            str(small_tok),
+            "-o",
+            str(tmp / "x.gguf"),
+        ],
+        "tokenizer not a model": [
+            str(good),
+            "--config",
+            "english_2m_2026-10",
+            "--tokenizer",
+            str(tmp / "text.safetensors"),
+            "-o",
+            str(tmp / "x.gguf"),
+        ],
         "destination folder missing": [str(good), *base, "-o", str(tmp / "nowhere" / "x.gguf")],
         "destination is a folder": [str(good), *base, "-o", str(tmp)],
         "unknown type": [str(good), *base, "-o", str(tmp / "x.gguf"), "--type", "Q3_K"],
@@ -244,8 +311,9 @@ def _bad_cases(tmp: Path, tok: Path, small: dict[str, np.ndarray]):
 
 def test_bad_inputs_exit_2_with_one_line(tmp_path, tokenizer_path, small_tensors):
     for case, args in _bad_cases(tmp_path, tokenizer_path, small_tensors).items():
-        r = subprocess.run([sys.executable, "-m", "pocket_ggml.quantize.cli", *args], capture_output=True, text=True,
-                           timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "pocket_ggml.quantize.cli", *args], capture_output=True, text=True, timeout=120
+        )
         assert r.returncode == 2, (case, r.returncode, r.stderr)
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 or lines[0].startswith("Usage:"), (case, r.stderr)

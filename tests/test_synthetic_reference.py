@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import soundfile as sf
-
 from _reference import require_reference
+
 from pocket_ggml.quantize.cli import save_synthetic_safetensors
 from pocket_ggml.quantize.config import load_released_config
 

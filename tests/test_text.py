@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from _reference import require_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _reference import require_reference
 from pocket_ggml.quantize.config import TextRules, load_released_config
 from pocket_ggml.runtime.text import TextError, Tokenizer, prepare_text_prompt, split_into_best_sentences
 
@@ -21,7 +21,9 @@ SAMPLES = [
     "\u2018quoted\u2019 text \u2013 with dashes",
     "Numbers: 1, 2, 3. End",
 ]
-RULES = {name: load_released_config(name).text for name in ("english", "dutch", "english_2026-01", "english_2m_2026-10")}
+RULES = {
+    name: load_released_config(name).text for name in ("english", "dutch", "english_2026-01", "english_2m_2026-10")
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,16 @@ def tokenizers(tokenizer_path):
 def _reference_chunks(ref_tok, text: str, rules: TextRules, max_tokens: int) -> list[str]:
     from pocket_tts.models.text_chunking import split_into_best_sentences as ref_split
 
-    return ref_split(ref_tok, text, max_tokens, rules.pad_with_spaces_for_short_inputs, rules.remove_semicolons,
-                     rules.append_terminal_punctuation, rules.capitalize_first_letter, dict(rules.replace_characters))
+    return ref_split(
+        ref_tok,
+        text,
+        max_tokens,
+        rules.pad_with_spaces_for_short_inputs,
+        rules.remove_semicolons,
+        rules.append_terminal_punctuation,
+        rules.capitalize_first_letter,
+        dict(rules.replace_characters),
+    )
 
 
 @pytest.mark.parametrize("rules_name", list(RULES))
@@ -48,15 +58,24 @@ def test_prepare_and_chunk_match_reference(tokenizers, rules_name, text):
     rules = RULES[rules_name]
     p = prepare_text_prompt(text, rules)
     assert (p.text, p.frames_after_eos_guess) == ref_prepare(
-        text, rules.pad_with_spaces_for_short_inputs, rules.remove_semicolons, rules.append_terminal_punctuation,
-        rules.capitalize_first_letter, dict(rules.replace_characters))
+        text,
+        rules.pad_with_spaces_for_short_inputs,
+        rules.remove_semicolons,
+        rules.append_terminal_punctuation,
+        rules.capitalize_first_letter,
+        dict(rules.replace_characters),
+    )
     for max_tokens in (8, 50):
-        assert split_into_best_sentences(ours, text, rules, max_tokens) == _reference_chunks(ref_tok, text, rules, max_tokens)
+        assert split_into_best_sentences(ours, text, rules, max_tokens) == _reference_chunks(
+            ref_tok, text, rules, max_tokens
+        )
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("abcXYZ 019.,;:!?'\"()-\u2014\u2019\n")), min_size=1, max_size=200),
-       st.integers(min_value=3, max_value=60))
+@given(
+    st.text(alphabet=st.sampled_from(list("abcXYZ 019.,;:!?'\"()-\u2014\u2019\n")), min_size=1, max_size=200),
+    st.integers(min_value=3, max_value=60),
+)
 def test_chunking_matches_reference_on_generated_text(tokenizers, text, max_tokens):
     ours, ref_tok = tokenizers
     rules = RULES["english"]

@@ -78,8 +78,9 @@ class SafetensorsCheckpoint:
 
     def tensor(self, name: str) -> np.ndarray:
         e = self._entries[name]
-        raw = np.frombuffer(self._map, dtype=_DTYPES[e.dtype], count=(e.end - e.begin) // _DTYPES[e.dtype].itemsize,
-                            offset=e.begin)
+        raw = np.frombuffer(
+            self._map, dtype=_DTYPES[e.dtype], count=(e.end - e.begin) // _DTYPES[e.dtype].itemsize, offset=e.begin
+        )
         if e.dtype == "BF16":  # bfloat16 is the top half of a float32
             out = (raw.astype(np.uint32) << 16).view(np.float32)
         else:
@@ -118,6 +119,8 @@ def check_against_config(ckpt: SafetensorsCheckpoint, cfg: PocketConfig) -> bool
     return has_encoder
 
 
-def iter_tensors(ckpt: SafetensorsCheckpoint, cfg: PocketConfig, with_encoder: bool) -> Iterator[tuple[str, np.ndarray]]:
+def iter_tensors(
+    ckpt: SafetensorsCheckpoint, cfg: PocketConfig, with_encoder: bool
+) -> Iterator[tuple[str, np.ndarray]]:
     for name in expected_tensors(cfg, with_encoder=with_encoder):
         yield name, ckpt.tensor(name)

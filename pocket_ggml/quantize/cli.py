@@ -42,7 +42,11 @@ def save_synthetic_safetensors(cfg: PocketConfig, seed: int, path: Path) -> None
     import safetensors.numpy
 
     tensors = dict(synthetic_tensors(cfg, seed))
-    meta = {"pocket_tts_config": cfg.name, "seed": str(seed), "generator": "pocket-ggml synthetic (NOT trained weights)"}
+    meta = {
+        "pocket_tts_config": cfg.name,
+        "seed": str(seed),
+        "generator": "pocket-ggml synthetic (NOT trained weights)",
+    }
     tmp = atomic_output(path)
     try:
         safetensors.numpy.save_file(tensors, str(tmp), metadata=meta)
@@ -84,30 +88,59 @@ def _summary(result: ConversionResult, report: bool) -> str:
         if quantized:
             w = np.array([r.n_params for r in quantized], dtype=np.float64)
             e = np.array([r.rel_rms_error for r in quantized])
-            lines.append(f"\nparameter-weighted mean rel. RMS error of non-F32 tensors: {float((w * e).sum() / w.sum()):.2e}")
+            lines.append(
+                f"\nparameter-weighted mean rel. RMS error of non-F32 tensors: {float((w * e).sum() / w.sum()):.2e}"
+            )
     return "\n".join(lines)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
-@click.option("--config", "config", metavar="NAME", help=f"released config (default: the file's own, else {DEFAULT_CONFIG})")
+@click.option(
+    "--config", "config", metavar="NAME", help=f"released config (default: the file's own, else {DEFAULT_CONFIG})"
+)
 @click.option("--config-yaml", metavar="PATH", help="a reference-format config yaml instead of --config")
 @click.option("--tokenizer", metavar="PATH", help="SentencePiece .model or tokenizer.json (required for a checkpoint)")
 @click.option("-o", "--output", required=False, metavar="OUT.gguf", help="the GGUF to write")
-@click.option("--type", "mix", default=DEFAULT_MIX, show_default=True, metavar="TYPE",
-              help=f"quantization: {', '.join(MIXES)}")
-@click.option("--tensor-type", "tensor_types", multiple=True, metavar="REGEX=TYPE",
-              help="override the type of tensors whose GGUF name matches REGEX (F32 F16 Q8_0 Q4_K Q5_K Q6_K)")
+@click.option(
+    "--type", "mix", default=DEFAULT_MIX, show_default=True, metavar="TYPE", help=f"quantization: {', '.join(MIXES)}"
+)
+@click.option(
+    "--tensor-type",
+    "tensor_types",
+    multiple=True,
+    metavar="REGEX=TYPE",
+    help="override the type of tensors whose GGUF name matches REGEX (F32 F16 Q8_0 Q4_K Q5_K Q6_K)",
+)
 @click.option("--no-encoder", is_flag=True, help="drop the Mimi encoder (needed only for voice cloning)")
 @click.option("--report", is_flag=True, help="per-tensor relative RMS quantization error")
-@click.option("--synthetic", metavar="CONFIG", help="seeded random weights of a released config instead of a checkpoint")
+@click.option(
+    "--synthetic", metavar="CONFIG", help="seeded random weights of a released config instead of a checkpoint"
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of --synthetic")
-@click.option("--save-safetensors", metavar="PATH", help="with --synthetic: also write the weights in the released layout")
+@click.option(
+    "--save-safetensors", metavar="PATH", help="with --synthetic: also write the weights in the released layout"
+)
 @click.option("--name", help="general.name of the GGUF")
 @click.option("--list-configs", is_flag=True, help="list the released configs and exit")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
-def main(checkpoint, config, config_yaml, tokenizer, output, mix, tensor_types, no_encoder, report, synthetic, seed,
-         save_safetensors, name, list_configs, quiet) -> None:
+def main(
+    checkpoint,
+    config,
+    config_yaml,
+    tokenizer,
+    output,
+    mix,
+    tensor_types,
+    no_encoder,
+    report,
+    synthetic,
+    seed,
+    save_safetensors,
+    name,
+    list_configs,
+    quiet,
+) -> None:
     """Convert a released Pocket TTS checkpoint (model.safetensors, with or without voice cloning;
     F32, BF16 or mixed) into one self-contained GGUF, or make a synthetic one.
 
@@ -119,15 +152,43 @@ def main(checkpoint, config, config_yaml, tokenizer, output, mix, tensor_types, 
         click.echo("\n".join(released_config_names()))
         return
     try:
-        _run(checkpoint, config, config_yaml, tokenizer, output, mix, tensor_types, no_encoder, report, synthetic,
-             seed, save_safetensors, name, quiet)
+        _run(
+            checkpoint,
+            config,
+            config_yaml,
+            tokenizer,
+            output,
+            mix,
+            tensor_types,
+            no_encoder,
+            report,
+            synthetic,
+            seed,
+            save_safetensors,
+            name,
+            quiet,
+        )
     except PocketError as e:
         click.echo(f"pocket-quantize: error: {e}", err=True)
         sys.exit(2)
 
 
-def _run(checkpoint, config, config_yaml, tokenizer, output, mix_name, tensor_types, no_encoder, report, synthetic,
-         seed, save_safetensors, name, quiet) -> None:
+def _run(
+    checkpoint,
+    config,
+    config_yaml,
+    tokenizer,
+    output,
+    mix_name,
+    tensor_types,
+    no_encoder,
+    report,
+    synthetic,
+    seed,
+    save_safetensors,
+    name,
+    quiet,
+) -> None:
     if output is None:
         raise click.UsageError("missing -o/--output")
     if (checkpoint is None) == (synthetic is None):
@@ -156,11 +217,20 @@ def _run(checkpoint, config, config_yaml, tokenizer, output, mix_name, tensor_ty
     if save_safetensors:
         save_synthetic_safetensors(cfg, seed, Path(save_safetensors))
     n_tensors = len(expected_tensors(cfg, with_encoder=not no_encoder))
-    with click.progressbar(length=n_tensors, label="quantizing", file=sys.stderr,
-                           hidden=quiet or not sys.stderr.isatty()) as bar:
+    with click.progressbar(
+        length=n_tensors, label="quantizing", file=sys.stderr, hidden=quiet or not sys.stderr.isatty()
+    ) as bar:
         result = convert(
-            cfg, output, mix, tok, checkpoint=ckpt, synthetic_seed=seed if synthetic is not None else None,
-            keep_encoder=not no_encoder, overrides=overrides, measure_error=report, name=name,
+            cfg,
+            output,
+            mix,
+            tok,
+            checkpoint=ckpt,
+            synthetic_seed=seed if synthetic is not None else None,
+            keep_encoder=not no_encoder,
+            overrides=overrides,
+            measure_error=report,
+            name=name,
             progress=lambda _name: bar.update(1),
         )
     click.echo(_summary(result, report))

@@ -171,8 +171,23 @@ class PocketConfig:
     def validate(self) -> None:
         """Reject sizes that would make graph shapes inconsistent (checked before any ggml call)."""
         f, m = self.flow_lm, self.mimi
-        _positive(self.name, "flow_lm", f, ("d_model", "num_heads", "num_kv_heads", "attn_dim",
-                  "num_layers", "dim_feedforward", "n_bins", "text_dim", "flow_dim", "flow_depth"))
+        _positive(
+            self.name,
+            "flow_lm",
+            f,
+            (
+                "d_model",
+                "num_heads",
+                "num_kv_heads",
+                "attn_dim",
+                "num_layers",
+                "dim_feedforward",
+                "n_bins",
+                "text_dim",
+                "flow_dim",
+                "flow_depth",
+            ),
+        )
         if f.flow_type not in FLOW_TYPES:
             raise ConfigError(f"config {self.name!r}: unknown flow type {f.flow_type!r}")
         if f.attn_dim % f.num_heads or f.num_heads % f.num_kv_heads or f.head_dim % 2:
@@ -181,20 +196,34 @@ class PocketConfig:
                 f"{f.num_kv_heads} do not give an even head size shared by whole groups"
             )
         if f.text_dim != f.d_model:
-            raise ConfigError(
-                f"config {self.name!r}: text table width {f.text_dim} != d_model {f.d_model}"
-            )
+            raise ConfigError(f"config {self.name!r}: text table width {f.text_dim} != d_model {f.d_model}")
         if f.max_period <= 0:
             raise ConfigError(f"config {self.name!r}: max_period must be positive")
         for side, tr in (("encoder", m.encoder_transformer), ("decoder", m.decoder_transformer)):
-            _positive(self.name, f"mimi {side} transformer", tr,
-                      ("d_model", "num_heads", "num_layers", "context", "dim_feedforward"))
+            _positive(
+                self.name,
+                f"mimi {side} transformer",
+                tr,
+                ("d_model", "num_heads", "num_layers", "context", "dim_feedforward"),
+            )
             if tr.d_model % tr.num_heads or tr.head_dim % 2:
                 raise ConfigError(f"config {self.name!r}: mimi {side} heads do not divide d_model")
         for side, sn in (("encoder", m.encoder_seanet), ("decoder", m.decoder_seanet)):
-            _positive(self.name, f"mimi {side} seanet", sn,
-                      ("dimension", "channels", "n_filters", "kernel_size", "residual_kernel_size",
-                       "last_kernel_size", "dilation_base", "compress"))
+            _positive(
+                self.name,
+                f"mimi {side} seanet",
+                sn,
+                (
+                    "dimension",
+                    "channels",
+                    "n_filters",
+                    "kernel_size",
+                    "residual_kernel_size",
+                    "last_kernel_size",
+                    "dilation_base",
+                    "compress",
+                ),
+            )
             if not sn.ratios or any(r <= 0 for r in sn.ratios) or sn.pad_mode != "constant":
                 raise ConfigError(f"config {self.name!r}: mimi {side} seanet ratios/pad_mode")
         if m.encoder_seanet.hop_length != m.decoder_seanet.hop_length:
@@ -214,20 +243,31 @@ def _positive(name: str, section: str, obj: object, fields: tuple[str, ...]) -> 
 
 def _seanet(d: dict[str, Any]) -> SEANetConfig:
     return SEANetConfig(
-        dimension=d["dimension"], channels=d["channels"], n_filters=d["n_filters"],
-        n_residual_layers=d["n_residual_layers"], ratios=tuple(d["ratios"]),
-        kernel_size=d["kernel_size"], residual_kernel_size=d["residual_kernel_size"],
-        last_kernel_size=d["last_kernel_size"], dilation_base=d["dilation_base"],
-        pad_mode=d["pad_mode"], compress=d["compress"],
+        dimension=d["dimension"],
+        channels=d["channels"],
+        n_filters=d["n_filters"],
+        n_residual_layers=d["n_residual_layers"],
+        ratios=tuple(d["ratios"]),
+        kernel_size=d["kernel_size"],
+        residual_kernel_size=d["residual_kernel_size"],
+        last_kernel_size=d["last_kernel_size"],
+        dilation_base=d["dilation_base"],
+        pad_mode=d["pad_mode"],
+        compress=d["compress"],
     )
 
 
 def _mimi_transformer(d: dict[str, Any]) -> MimiTransformerConfig:
     return MimiTransformerConfig(
-        d_model=d["d_model"], input_dimension=d["input_dimension"],
-        output_dimensions=tuple(d["output_dimensions"]), num_heads=d["num_heads"],
-        num_layers=d["num_layers"], layer_scale=float(d["layer_scale"]), context=d["context"],
-        max_period=float(d.get("max_period", 10000.0)), dim_feedforward=d["dim_feedforward"],
+        d_model=d["d_model"],
+        input_dimension=d["input_dimension"],
+        output_dimensions=tuple(d["output_dimensions"]),
+        num_heads=d["num_heads"],
+        num_layers=d["num_layers"],
+        layer_scale=float(d["layer_scale"]),
+        context=d["context"],
+        max_period=float(d.get("max_period", 10000.0)),
+        dim_feedforward=d["dim_feedforward"],
     )
 
 
@@ -261,9 +301,7 @@ def _parse_reference_dict(name: str, d: dict[str, Any]) -> PocketConfig:
         encoder_seanet=enc_seanet,
         encoder_transformer=enc_tr,
         decoder_seanet=_seanet(mi["decoder_seanet"]) if mi.get("decoder_seanet") else enc_seanet,
-        decoder_transformer=(
-            _mimi_transformer(mi["decoder_transformer"]) if mi.get("decoder_transformer") else enc_tr
-        ),
+        decoder_transformer=(_mimi_transformer(mi["decoder_transformer"]) if mi.get("decoder_transformer") else enc_tr),
         latent_dim=mi["quantizer"]["dimension"],
         quantizer_output_dim=mi["quantizer"]["output_dimension"],
         inner_dim=mi.get("inner_dim"),
@@ -290,9 +328,7 @@ def released_config_names() -> list[str]:
 
 def load_released_config(name: str) -> PocketConfig:
     if name not in RELEASED_CONFIGS:
-        raise ConfigError(
-            f"unknown config {name!r}; released configs: {', '.join(released_config_names())}"
-        )
+        raise ConfigError(f"unknown config {name!r}; released configs: {', '.join(released_config_names())}")
     return PocketConfig.from_reference_dict(name, RELEASED_CONFIGS[name])
 
 

@@ -166,15 +166,20 @@ def convert(
         assert tn is not None, released  # expected_tensors only yields names of the table
         sshape = stored_shape(shape, tn.rule.layout)
         m = _LAYER_RX.match(tn.gguf)
-        qtype = choose_type(mix, tn.gguf, tn.rule.role, sshape, int(m.group(1)) if m else None,
-                            cfg.flow_lm.num_layers, overrides)
+        qtype = choose_type(
+            mix, tn.gguf, tn.rule.role, sshape, int(m.group(1)) if m else None, cfg.flow_lm.num_layers, overrides
+        )
         n = int(np.prod(sshape))
         records.append(TensorRecord(tn.gguf, released, qtype, sshape, n, type_nbytes(qtype, sshape)))
 
     info = FileInfo(
         name=name or f"pocket-tts {cfg.name} {mix.name}" + (" (synthetic weights)" if checkpoint is None else ""),
-        quant_mix=mix.name, weights_kind=weights_kind, synthetic_seed=synthetic_seed,
-        has_encoder=with_encoder, tokenizer_kind=tokenizer.kind, voice_names=(),
+        quant_mix=mix.name,
+        weights_kind=weights_kind,
+        synthetic_seed=synthetic_seed,
+        has_encoder=with_encoder,
+        tokenizer_kind=tokenizer.kind,
+        voice_names=(),
     )
     writer = GGUFWriter(path=None, arch=ARCH)
     write_metadata(writer, cfg, info, int(mix.file_type))
@@ -183,7 +188,8 @@ def convert(
     writer.add_tensor_info(TOKENIZER_TENSOR, (len(tokenizer.data),), np.dtype(np.int8), len(tokenizer.data))
 
     source = (
-        ((n, checkpoint.tensor(n)) for n in shapes) if checkpoint is not None
+        ((n, checkpoint.tensor(n)) for n in shapes)
+        if checkpoint is not None
         else synthetic_tensors(cfg, synthetic_seed, with_encoder=with_encoder)  # type: ignore[arg-type]
     )
     tmp = atomic_output(output)
@@ -211,7 +217,9 @@ def convert(
         tmp.unlink(missing_ok=True)
         raise
     result = ConversionResult(output, cfg, mix.name, with_encoder, weights_kind, records)
-    result.input_bytes = checkpoint.path.stat().st_size if checkpoint is not None else 4 * sum(r.n_params for r in records)
+    result.input_bytes = (
+        checkpoint.path.stat().st_size if checkpoint is not None else 4 * sum(r.n_params for r in records)
+    )
     result.output_bytes = output.stat().st_size
     result.seconds = time.perf_counter() - t0
     return result

@@ -94,8 +94,17 @@ def _mimi_tr_key(side: str, field: str) -> str:
     return f"{ARCH}.mimi.{side}.transformer.{field}"
 
 
-_SEANET_INT_FIELDS = ("dimension", "channels", "n_filters", "n_residual_layers", "kernel_size",
-                      "residual_kernel_size", "last_kernel_size", "dilation_base", "compress")
+_SEANET_INT_FIELDS = (
+    "dimension",
+    "channels",
+    "n_filters",
+    "n_residual_layers",
+    "kernel_size",
+    "residual_kernel_size",
+    "last_kernel_size",
+    "dilation_base",
+    "compress",
+)
 _MIMI_TR_INT_FIELDS = ("d_model", "input_dimension", "num_heads", "num_layers", "context", "dim_feedforward")
 
 
@@ -129,20 +138,35 @@ def write_metadata(w: GGUFWriter, cfg: PocketConfig, info: FileInfo, file_type: 
     if info.voice_names:
         w.add_array(Keys.VOICE_NAMES, list(info.voice_names))
 
-    for key, value in ((Keys.LM_D_MODEL, f.d_model), (Keys.LM_HEADS, f.num_heads), (Keys.LM_KV_HEADS, f.num_kv_heads),
-                       (Keys.LM_ATTN_DIM, f.attn_dim), (Keys.LM_LAYERS, f.num_layers), (Keys.LM_FFN, f.dim_feedforward),
-                       (Keys.LM_N_BINS, f.n_bins), (Keys.LM_TEXT_DIM, f.text_dim), (Keys.LM_TEXT_RANK, f.text_rank or 0),
-                       (Keys.LM_Z_DIM, f.z_dim or 0), (Keys.FLOW_DIM, f.flow_dim), (Keys.FLOW_DEPTH, f.flow_depth),
-                       (Keys.MIMI_SAMPLE_RATE, m.sample_rate), (Keys.MIMI_CHANNELS, m.channels),
-                       (Keys.MIMI_LATENT_DIM, m.latent_dim), (Keys.MIMI_QUANT_OUT_DIM, m.quantizer_output_dim),
-                       (Keys.MIMI_INNER_DIM, m.inner_dim or 0), (Keys.MIMI_OUTER_DIM, m.outer_dim or 0)):
+    for key, value in (
+        (Keys.LM_D_MODEL, f.d_model),
+        (Keys.LM_HEADS, f.num_heads),
+        (Keys.LM_KV_HEADS, f.num_kv_heads),
+        (Keys.LM_ATTN_DIM, f.attn_dim),
+        (Keys.LM_LAYERS, f.num_layers),
+        (Keys.LM_FFN, f.dim_feedforward),
+        (Keys.LM_N_BINS, f.n_bins),
+        (Keys.LM_TEXT_DIM, f.text_dim),
+        (Keys.LM_TEXT_RANK, f.text_rank or 0),
+        (Keys.LM_Z_DIM, f.z_dim or 0),
+        (Keys.FLOW_DIM, f.flow_dim),
+        (Keys.FLOW_DEPTH, f.flow_depth),
+        (Keys.MIMI_SAMPLE_RATE, m.sample_rate),
+        (Keys.MIMI_CHANNELS, m.channels),
+        (Keys.MIMI_LATENT_DIM, m.latent_dim),
+        (Keys.MIMI_QUANT_OUT_DIM, m.quantizer_output_dim),
+        (Keys.MIMI_INNER_DIM, m.inner_dim or 0),
+        (Keys.MIMI_OUTER_DIM, m.outer_dim or 0),
+    ):
         w.add_uint32(key, value)
     w.add_float64(Keys.LM_ROPE_PERIOD, f.max_period)
     w.add_bool(Keys.LM_BOS_BEFORE_VOICE, f.insert_bos_before_voice)
     w.add_string(Keys.FLOW_TYPE, f.flow_type)
     w.add_float64(Keys.MIMI_FRAME_RATE, m.frame_rate)
-    for side, sn, tr in (("encoder", m.encoder_seanet, m.encoder_transformer),
-                         ("decoder", m.decoder_seanet, m.decoder_transformer)):
+    for side, sn, tr in (
+        ("encoder", m.encoder_seanet, m.encoder_transformer),
+        ("decoder", m.decoder_seanet, m.decoder_transformer),
+    ):
         for field in _SEANET_INT_FIELDS:
             w.add_uint32(_seanet_key(side, field), getattr(sn, field))
         w.add_array(_seanet_key(side, "ratios"), list(sn.ratios))
@@ -223,22 +247,34 @@ def read_metadata(fields: dict[str, Any], where: str) -> tuple[PocketConfig, Fil
 
     tok_kind = r.get(Keys.TOKENIZER_KIND, str)
     flow_lm = FlowLMConfig(
-        d_model=r.get(Keys.LM_D_MODEL, int), num_heads=r.get(Keys.LM_HEADS, int),
-        num_kv_heads=r.get(Keys.LM_KV_HEADS, int), attn_dim=r.get(Keys.LM_ATTN_DIM, int),
-        num_layers=r.get(Keys.LM_LAYERS, int), dim_feedforward=r.get(Keys.LM_FFN, int),
-        max_period=r.get(Keys.LM_ROPE_PERIOD, float), n_bins=r.get(Keys.LM_N_BINS, int),
-        text_dim=r.get(Keys.LM_TEXT_DIM, int), text_rank=r.get(Keys.LM_TEXT_RANK, int) or None,
+        d_model=r.get(Keys.LM_D_MODEL, int),
+        num_heads=r.get(Keys.LM_HEADS, int),
+        num_kv_heads=r.get(Keys.LM_KV_HEADS, int),
+        attn_dim=r.get(Keys.LM_ATTN_DIM, int),
+        num_layers=r.get(Keys.LM_LAYERS, int),
+        dim_feedforward=r.get(Keys.LM_FFN, int),
+        max_period=r.get(Keys.LM_ROPE_PERIOD, float),
+        n_bins=r.get(Keys.LM_N_BINS, int),
+        text_dim=r.get(Keys.LM_TEXT_DIM, int),
+        text_rank=r.get(Keys.LM_TEXT_RANK, int) or None,
         z_dim=r.get(Keys.LM_Z_DIM, int) or None,
-        flow_type=r.get(Keys.FLOW_TYPE, str), flow_dim=r.get(Keys.FLOW_DIM, int),
-        flow_depth=r.get(Keys.FLOW_DEPTH, int), insert_bos_before_voice=r.get(Keys.LM_BOS_BEFORE_VOICE, bool),
+        flow_type=r.get(Keys.FLOW_TYPE, str),
+        flow_dim=r.get(Keys.FLOW_DIM, int),
+        flow_depth=r.get(Keys.FLOW_DEPTH, int),
+        insert_bos_before_voice=r.get(Keys.LM_BOS_BEFORE_VOICE, bool),
     )
     mimi = MimiConfig(
-        sample_rate=r.get(Keys.MIMI_SAMPLE_RATE, int), channels=r.get(Keys.MIMI_CHANNELS, int),
+        sample_rate=r.get(Keys.MIMI_SAMPLE_RATE, int),
+        channels=r.get(Keys.MIMI_CHANNELS, int),
         frame_rate=r.get(Keys.MIMI_FRAME_RATE, float),
-        encoder_seanet=seanet("encoder"), encoder_transformer=mimi_tr("encoder"),
-        decoder_seanet=seanet("decoder"), decoder_transformer=mimi_tr("decoder"),
-        latent_dim=r.get(Keys.MIMI_LATENT_DIM, int), quantizer_output_dim=r.get(Keys.MIMI_QUANT_OUT_DIM, int),
-        inner_dim=r.get(Keys.MIMI_INNER_DIM, int) or None, outer_dim=r.get(Keys.MIMI_OUTER_DIM, int) or None,
+        encoder_seanet=seanet("encoder"),
+        encoder_transformer=mimi_tr("encoder"),
+        decoder_seanet=seanet("decoder"),
+        decoder_transformer=mimi_tr("decoder"),
+        latent_dim=r.get(Keys.MIMI_LATENT_DIM, int),
+        quantizer_output_dim=r.get(Keys.MIMI_QUANT_OUT_DIM, int),
+        inner_dim=r.get(Keys.MIMI_INNER_DIM, int) or None,
+        outer_dim=r.get(Keys.MIMI_OUTER_DIM, int) or None,
     )
     rep_from = r.get(Keys.REPLACE_FROM, list, [])
     rep_to = [s.replace("\0", "") for s in r.get(Keys.REPLACE_TO, list, [])]
@@ -253,7 +289,8 @@ def read_metadata(fields: dict[str, Any], where: str) -> tuple[PocketConfig, Fil
     )
     frames_after_eos = r.get(Keys.FRAMES_AFTER_EOS, int)
     generation = GenerationDefaults(
-        temperature=r.get(Keys.TEMPERATURE, float), eos_threshold=r.get(Keys.EOS_THRESHOLD, float),
+        temperature=r.get(Keys.TEMPERATURE, float),
+        eos_threshold=r.get(Keys.EOS_THRESHOLD, float),
         frames_after_eos=None if frames_after_eos < 0 else frames_after_eos,
     )
     cfg = PocketConfig(name=r.get(Keys.CONFIG_NAME, str), flow_lm=flow_lm, mimi=mimi, text=text, generation=generation)
@@ -263,8 +300,12 @@ def read_metadata(fields: dict[str, Any], where: str) -> tuple[PocketConfig, Fil
         raise ModelFileError(f"{where}: {e}") from None
     seed = r.get(Keys.SYNTHETIC_SEED, int, None)
     info = FileInfo(
-        name=r.get(Keys.NAME, str), quant_mix=r.get(Keys.QUANT_MIX, str), weights_kind=r.get(Keys.WEIGHTS_KIND, str),
-        synthetic_seed=seed, has_encoder=r.get(Keys.HAS_ENCODER, bool), tokenizer_kind=tok_kind,
+        name=r.get(Keys.NAME, str),
+        quant_mix=r.get(Keys.QUANT_MIX, str),
+        weights_kind=r.get(Keys.WEIGHTS_KIND, str),
+        synthetic_seed=seed,
+        has_encoder=r.get(Keys.HAS_ENCODER, bool),
+        tokenizer_kind=tok_kind,
         voice_names=tuple(r.get(Keys.VOICE_NAMES, list, [])),
     )
     return cfg, info, r.get(Keys.FILE_TYPE, int)

@@ -122,20 +122,54 @@ _TABLE: list[NameRule] = [
     _r("flow_lm.flow_net.final_layer.adaLN_modulation.1.weight", "flow.final.adaln.weight", Role.FLOW),
     _r("flow_lm.flow_net.final_layer.adaLN_modulation.1.bias", "flow.final.adaln.bias", _V),
     # Mimi SEANet
-    _r("mimi.encoder.model.{i}.conv.weight", "mimi.enc.seanet.{i}.conv.weight", Role.SEANET_ENC, encoder=True, layout=Layout.CONV_MATRIX),
+    _r(
+        "mimi.encoder.model.{i}.conv.weight",
+        "mimi.enc.seanet.{i}.conv.weight",
+        Role.SEANET_ENC,
+        encoder=True,
+        layout=Layout.CONV_MATRIX,
+    ),
     _r("mimi.encoder.model.{i}.conv.bias", "mimi.enc.seanet.{i}.conv.bias", _V, encoder=True),
-    _r("mimi.encoder.model.{i}.block.{j}.conv.weight", "mimi.enc.seanet.{i}.res.{j}.weight", Role.SEANET_ENC, encoder=True, layout=Layout.CONV_MATRIX),
+    _r(
+        "mimi.encoder.model.{i}.block.{j}.conv.weight",
+        "mimi.enc.seanet.{i}.res.{j}.weight",
+        Role.SEANET_ENC,
+        encoder=True,
+        layout=Layout.CONV_MATRIX,
+    ),
     _r("mimi.encoder.model.{i}.block.{j}.conv.bias", "mimi.enc.seanet.{i}.res.{j}.bias", _V, encoder=True),
-    _r("mimi.decoder.model.{i}.conv.weight", "mimi.dec.seanet.{i}.conv.weight", Role.SEANET_DEC, layout=Layout.CONV_MATRIX),
+    _r(
+        "mimi.decoder.model.{i}.conv.weight",
+        "mimi.dec.seanet.{i}.conv.weight",
+        Role.SEANET_DEC,
+        layout=Layout.CONV_MATRIX,
+    ),
     _r("mimi.decoder.model.{i}.conv.bias", "mimi.dec.seanet.{i}.conv.bias", _V),
-    _r("mimi.decoder.model.{i}.convtr.weight", "mimi.dec.seanet.{i}.convtr.weight", Role.SEANET_DEC,
-       layout=Layout.CONVTR_MATRIX),
+    _r(
+        "mimi.decoder.model.{i}.convtr.weight",
+        "mimi.dec.seanet.{i}.convtr.weight",
+        Role.SEANET_DEC,
+        layout=Layout.CONVTR_MATRIX,
+    ),
     _r("mimi.decoder.model.{i}.convtr.bias", "mimi.dec.seanet.{i}.convtr.bias", _V),
-    _r("mimi.decoder.model.{i}.block.{j}.conv.weight", "mimi.dec.seanet.{i}.res.{j}.weight", Role.SEANET_DEC, layout=Layout.CONV_MATRIX),
+    _r(
+        "mimi.decoder.model.{i}.block.{j}.conv.weight",
+        "mimi.dec.seanet.{i}.res.{j}.weight",
+        Role.SEANET_DEC,
+        layout=Layout.CONV_MATRIX,
+    ),
     _r("mimi.decoder.model.{i}.block.{j}.conv.bias", "mimi.dec.seanet.{i}.res.{j}.bias", _V),
     # Mimi resampling and quantizer projection
-    _r("mimi.quantizer.output_proj.weight", "mimi.dec.quant_out.weight", Role.MIMI_QUANT_OUT, layout=Layout.CONV_MATRIX),
-    _r("mimi.downsample.conv.conv.weight", "mimi.enc.downsample.weight", Role.MIMI_DOWNSAMPLE, encoder=True, layout=Layout.CONV_MATRIX),
+    _r(
+        "mimi.quantizer.output_proj.weight", "mimi.dec.quant_out.weight", Role.MIMI_QUANT_OUT, layout=Layout.CONV_MATRIX
+    ),
+    _r(
+        "mimi.downsample.conv.conv.weight",
+        "mimi.enc.downsample.weight",
+        Role.MIMI_DOWNSAMPLE,
+        encoder=True,
+        layout=Layout.CONV_MATRIX,
+    ),
     _r("mimi.upsample.convtr.convtr.weight", "mimi.dec.upsample.weight", Role.MIMI_UPSAMPLE, layout=Layout.CONV_MATRIX),
 ]
 for _side, _tag, _role, _enc in (
@@ -145,8 +179,18 @@ for _side, _tag, _role, _enc in (
     _p = f"mimi.{_side}_transformer"
     _q = f"mimi.{_tag}"
     _TABLE += [
-        _r(f"{_p}.transformer.layers.{{l}}.self_attn.in_proj.weight", f"{_q}.blk.{{l}}.attn_qkv.weight", _role, encoder=_enc),
-        _r(f"{_p}.transformer.layers.{{l}}.self_attn.out_proj.weight", f"{_q}.blk.{{l}}.attn_out.weight", _role, encoder=_enc),
+        _r(
+            f"{_p}.transformer.layers.{{l}}.self_attn.in_proj.weight",
+            f"{_q}.blk.{{l}}.attn_qkv.weight",
+            _role,
+            encoder=_enc,
+        ),
+        _r(
+            f"{_p}.transformer.layers.{{l}}.self_attn.out_proj.weight",
+            f"{_q}.blk.{{l}}.attn_out.weight",
+            _role,
+            encoder=_enc,
+        ),
         _r(f"{_p}.transformer.layers.{{l}}.norm1.weight", f"{_q}.blk.{{l}}.attn_norm.weight", _V, encoder=_enc),
         _r(f"{_p}.transformer.layers.{{l}}.norm1.bias", f"{_q}.blk.{{l}}.attn_norm.bias", _V, encoder=_enc),
         _r(f"{_p}.transformer.layers.{{l}}.norm2.weight", f"{_q}.blk.{{l}}.ffn_norm.weight", _V, encoder=_enc),
@@ -240,10 +284,12 @@ def _seanet_encoder(prefix: str, s: SEANetConfig) -> list[tuple[str, tuple[int, 
     def resblock(dim: int) -> None:
         hidden = dim // s.compress
         for j, (cin, cout, k) in enumerate(((dim, hidden, s.residual_kernel_size), (hidden, dim, 1))):
-            out.extend([
-                (f"{prefix}.{idx}.block.{2 * j + 1}.conv.weight", (cout, cin, k)),
-                (f"{prefix}.{idx}.block.{2 * j + 1}.conv.bias", (cout,)),
-            ])
+            out.extend(
+                [
+                    (f"{prefix}.{idx}.block.{2 * j + 1}.conv.weight", (cout, cin, k)),
+                    (f"{prefix}.{idx}.block.{2 * j + 1}.conv.bias", (cout,)),
+                ]
+            )
 
     conv(s.channels, s.n_filters, s.kernel_size)
     idx += 1
@@ -274,15 +320,19 @@ def _seanet_decoder(prefix: str, s: SEANetConfig) -> list[tuple[str, tuple[int, 
     for ratio in s.ratios:
         idx += 1  # ELU
         cin, cout = mult * s.n_filters, mult * s.n_filters // 2
-        out.extend([(f"{prefix}.{idx}.convtr.weight", (cin, cout, 2 * ratio)), (f"{prefix}.{idx}.convtr.bias", (cout,))])
+        out.extend(
+            [(f"{prefix}.{idx}.convtr.weight", (cin, cout, 2 * ratio)), (f"{prefix}.{idx}.convtr.bias", (cout,))]
+        )
         idx += 1
         for _ in range(s.n_residual_layers):
             hidden = cout // s.compress
             for j, (ci, co, k) in enumerate(((cout, hidden, s.residual_kernel_size), (hidden, cout, 1))):
-                out.extend([
-                    (f"{prefix}.{idx}.block.{2 * j + 1}.conv.weight", (co, ci, k)),
-                    (f"{prefix}.{idx}.block.{2 * j + 1}.conv.bias", (co,)),
-                ])
+                out.extend(
+                    [
+                        (f"{prefix}.{idx}.block.{2 * j + 1}.conv.weight", (co, ci, k)),
+                        (f"{prefix}.{idx}.block.{2 * j + 1}.conv.bias", (co,)),
+                    ]
+                )
             idx += 1
         mult //= 2
     idx += 1  # ELU
@@ -300,10 +350,14 @@ def _mimi_transformer(prefix: str, t) -> list[tuple[str, tuple[int, ...]]]:
         out += [
             (f"{p}.self_attn.in_proj.weight", (3 * d, d)),
             (f"{p}.self_attn.out_proj.weight", (d, d)),
-            (f"{p}.norm1.weight", (d,)), (f"{p}.norm1.bias", (d,)),
-            (f"{p}.norm2.weight", (d,)), (f"{p}.norm2.bias", (d,)),
-            (f"{p}.linear1.weight", (ff, d)), (f"{p}.linear2.weight", (d, ff)),
-            (f"{p}.layer_scale_1.scale", (d,)), (f"{p}.layer_scale_2.scale", (d,)),
+            (f"{p}.norm1.weight", (d,)),
+            (f"{p}.norm1.bias", (d,)),
+            (f"{p}.norm2.weight", (d,)),
+            (f"{p}.norm2.bias", (d,)),
+            (f"{p}.linear1.weight", (ff, d)),
+            (f"{p}.linear2.weight", (d, ff)),
+            (f"{p}.layer_scale_1.scale", (d,)),
+            (f"{p}.layer_scale_2.scale", (d,)),
         ]
     for k, od in enumerate(t.output_dimensions):
         if od != d:
@@ -329,24 +383,33 @@ def expected_tensors(cfg: PocketConfig, with_encoder: bool = True) -> dict[str, 
         p = f"{fn}.time_embed.{i}"
         t += [
             (f"{p}.freqs", (TIMESTEP_FREQ_DIM // 2,)),
-            (f"{p}.mlp.0.weight", (F, TIMESTEP_FREQ_DIM)), (f"{p}.mlp.0.bias", (F,)),
-            (f"{p}.mlp.2.weight", (F, F)), (f"{p}.mlp.2.bias", (F,)),
+            (f"{p}.mlp.0.weight", (F, TIMESTEP_FREQ_DIM)),
+            (f"{p}.mlp.0.bias", (F,)),
+            (f"{p}.mlp.2.weight", (F, F)),
+            (f"{p}.mlp.2.bias", (F,)),
             (f"{p}.mlp.3.alpha", (F,)),
         ]
     t += [
-        (f"{fn}.cond_embed.weight", (F, f.cond_dim)), (f"{fn}.cond_embed.bias", (F,)),
-        (f"{fn}.input_proj.weight", (F, L)), (f"{fn}.input_proj.bias", (F,)),
+        (f"{fn}.cond_embed.weight", (F, f.cond_dim)),
+        (f"{fn}.cond_embed.bias", (F,)),
+        (f"{fn}.input_proj.weight", (F, L)),
+        (f"{fn}.input_proj.bias", (F,)),
     ]
     for b in range(f.flow_depth):
         p = f"{fn}.res_blocks.{b}"
         t += [
-            (f"{p}.in_ln.weight", (F,)), (f"{p}.in_ln.bias", (F,)),
-            (f"{p}.mlp.0.weight", (F, F)), (f"{p}.mlp.0.bias", (F,)),
-            (f"{p}.mlp.2.weight", (F, F)), (f"{p}.mlp.2.bias", (F,)),
-            (f"{p}.adaLN_modulation.1.weight", (3 * F, F)), (f"{p}.adaLN_modulation.1.bias", (3 * F,)),
+            (f"{p}.in_ln.weight", (F,)),
+            (f"{p}.in_ln.bias", (F,)),
+            (f"{p}.mlp.0.weight", (F, F)),
+            (f"{p}.mlp.0.bias", (F,)),
+            (f"{p}.mlp.2.weight", (F, F)),
+            (f"{p}.mlp.2.bias", (F,)),
+            (f"{p}.adaLN_modulation.1.weight", (3 * F, F)),
+            (f"{p}.adaLN_modulation.1.bias", (3 * F,)),
         ]
     t += [
-        (f"{fn}.final_layer.linear.weight", (L, F)), (f"{fn}.final_layer.linear.bias", (L,)),
+        (f"{fn}.final_layer.linear.weight", (L, F)),
+        (f"{fn}.final_layer.linear.bias", (L,)),
         (f"{fn}.final_layer.adaLN_modulation.1.weight", (2 * F, F)),
         (f"{fn}.final_layer.adaLN_modulation.1.bias", (2 * F,)),
     ]
@@ -356,9 +419,12 @@ def expected_tensors(cfg: PocketConfig, with_encoder: bool = True) -> dict[str, 
         t += [
             (f"{p}.self_attn.in_proj.weight", (f.attn_dim + 2 * f.kv_dim, D)),
             (f"{p}.self_attn.out_proj.weight", (D, f.attn_dim)),
-            (f"{p}.norm1.weight", (D,)), (f"{p}.norm1.bias", (D,)),
-            (f"{p}.norm2.weight", (D,)), (f"{p}.norm2.bias", (D,)),
-            (f"{p}.linear1.weight", (f.dim_feedforward, D)), (f"{p}.linear2.weight", (D, f.dim_feedforward)),
+            (f"{p}.norm1.weight", (D,)),
+            (f"{p}.norm1.bias", (D,)),
+            (f"{p}.norm2.weight", (D,)),
+            (f"{p}.norm2.bias", (D,)),
+            (f"{p}.linear1.weight", (f.dim_feedforward, D)),
+            (f"{p}.linear2.weight", (D, f.dim_feedforward)),
         ]
     t += [("flow_lm.out_norm.weight", (D,)), ("flow_lm.out_norm.bias", (D,))]
     if f.z_dim:

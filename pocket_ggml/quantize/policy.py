@@ -24,7 +24,14 @@ from pocket_ggml.errors import QuantizationError
 from pocket_ggml.quantize.names import Role
 
 T = GGMLQuantizationType
-TENSOR_TYPES: dict[str, T] = {"F32": T.F32, "F16": T.F16, "Q8_0": T.Q8_0, "Q4_K": T.Q4_K, "Q5_K": T.Q5_K, "Q6_K": T.Q6_K}
+TENSOR_TYPES: dict[str, T] = {
+    "F32": T.F32,
+    "F16": T.F16,
+    "Q8_0": T.Q8_0,
+    "Q4_K": T.Q4_K,
+    "Q5_K": T.Q5_K,
+    "Q6_K": T.Q6_K,
+}
 K_QUANTS = (T.Q4_K, T.Q5_K, T.Q6_K)
 
 _FLOWLM_MATRICES = (Role.LM_ATTN_QKV, Role.LM_ATTN_OUT, Role.LM_FFN_UP, Role.LM_FFN_DOWN)
@@ -55,27 +62,50 @@ MIXES: dict[str, Mix] = {
     "F32": Mix("F32", LlamaFileType.ALL_F32, _mix(T.F32), description="everything F32 (the parity baseline)"),
     "F16": Mix("F16", LlamaFileType.MOSTLY_F16, _mix(T.F16), description="every matrix F16"),
     "Q8_0": Mix(
-        "Q8_0", LlamaFileType.MOSTLY_Q8_0, _mix(T.Q8_0, **_F16_PARTS),
+        "Q8_0",
+        LlamaFileType.MOSTLY_Q8_0,
+        _mix(T.Q8_0, **_F16_PARTS),
         description="matrices Q8_0; flow head, SEANet decoder and small projections F16",
     ),
     "Q6_K": Mix(
-        "Q6_K", LlamaFileType.MOSTLY_Q6_K,
+        "Q6_K",
+        LlamaFileType.MOSTLY_Q6_K,
         _mix(T.Q8_0, LM_ATTN_QKV=T.Q6_K, LM_FFN_UP=T.Q6_K, LM_FFN_DOWN=T.Q6_K, LM_TEXT_EMBD=T.Q6_K, **_F16_PARTS),
         description="FlowLM Q6_K (out_proj Q8_0), Mimi transformers Q8_0, flow head and SEANet F16",
     ),
     "Q5_K_M": Mix(
-        "Q5_K_M", LlamaFileType.MOSTLY_Q5_K_M,
-        _mix(T.Q8_0, LM_ATTN_QKV=T.Q5_K, LM_FFN_UP=T.Q5_K, LM_FFN_DOWN=T.Q5_K, LM_TEXT_EMBD=T.Q5_K,
-             SEANET_DEC=T.F16, MIMI_QUANT_OUT=T.F16),
+        "Q5_K_M",
+        LlamaFileType.MOSTLY_Q5_K_M,
+        _mix(
+            T.Q8_0,
+            LM_ATTN_QKV=T.Q5_K,
+            LM_FFN_UP=T.Q5_K,
+            LM_FFN_DOWN=T.Q5_K,
+            LM_TEXT_EMBD=T.Q5_K,
+            SEANET_DEC=T.F16,
+            MIMI_QUANT_OUT=T.F16,
+        ),
         more_bits=((Role.LM_ATTN_QKV, Role.LM_FFN_DOWN), T.Q6_K),
         description="FlowLM Q5_K (qkv/ffn_down Q6_K on more-bits layers, out_proj Q8_0), flow head and "
         "Mimi transformers Q8_0, SEANet F16",
     ),
     "Q4_K_M": Mix(
-        "Q4_K_M", LlamaFileType.MOSTLY_Q4_K_M,
-        _mix(T.Q6_K, LM_ATTN_QKV=T.Q4_K, LM_FFN_UP=T.Q4_K, LM_FFN_DOWN=T.Q4_K, LM_TEXT_EMBD=T.Q4_K,
-             LM_ATTN_OUT=T.Q8_0, SEANET_DEC=T.F16, MIMI_QUANT_OUT=T.F16, SEANET_ENC=T.Q8_0,
-             LM_INPUT=T.Q8_0, LM_SPEAKER_PROJ=T.Q8_0, LM_EOS=T.F16),
+        "Q4_K_M",
+        LlamaFileType.MOSTLY_Q4_K_M,
+        _mix(
+            T.Q6_K,
+            LM_ATTN_QKV=T.Q4_K,
+            LM_FFN_UP=T.Q4_K,
+            LM_FFN_DOWN=T.Q4_K,
+            LM_TEXT_EMBD=T.Q4_K,
+            LM_ATTN_OUT=T.Q8_0,
+            SEANET_DEC=T.F16,
+            MIMI_QUANT_OUT=T.F16,
+            SEANET_ENC=T.Q8_0,
+            LM_INPUT=T.Q8_0,
+            LM_SPEAKER_PROJ=T.Q8_0,
+            LM_EOS=T.F16,
+        ),
         description="FlowLM Q4_K (out_proj Q8_0), flow head and Mimi transformers Q6_K, SEANet decoder F16, "
         "encoder Q6_K/Q8_0",
     ),
@@ -110,7 +140,9 @@ def parse_overrides(specs: tuple[str, ...] | list[str]) -> list[tuple[re.Pattern
         if not sep or not rx:
             raise QuantizationError(f"--tensor-type {spec!r}: expected REGEX=TYPE")
         if tname.upper() not in TENSOR_TYPES:
-            raise QuantizationError(f"--tensor-type {spec!r}: unknown type {tname!r} (one of {', '.join(TENSOR_TYPES)})")
+            raise QuantizationError(
+                f"--tensor-type {spec!r}: unknown type {tname!r} (one of {', '.join(TENSOR_TYPES)})"
+            )
         try:
             out.append((re.compile(rx), TENSOR_TYPES[tname.upper()]))
         except re.error as e:

@@ -39,8 +39,9 @@ def _normal(rng: np.random.Generator, shape: tuple[int, ...], std: float = 1.0, 
     return (mean + std * rng.standard_normal(size=shape, dtype=np.float32)).astype(np.float32)
 
 
-def _init(name: str, shape: tuple[int, ...], rng: np.random.Generator, linear_fan_in: dict[str, int],
-          last_decoder_conv: str) -> np.ndarray:
+def _init(
+    name: str, shape: tuple[int, ...], rng: np.random.Generator, linear_fan_in: dict[str, int], last_decoder_conv: str
+) -> np.ndarray:
     leaf = name.rsplit(".", 1)[-1]
     if name.endswith(".freqs"):  # a buffer: TimestepEmbedder's fixed frequencies
         half = shape[0]
@@ -107,14 +108,19 @@ def synthetic_tokenizer(n_pieces: int) -> bytes:
     model.normalizer_spec.name = "identity"
     model.normalizer_spec.add_dummy_prefix = True
     model.normalizer_spec.remove_extra_whitespaces = True
-    specials = [("<unk>", sp_model.ModelProto.SentencePiece.UNKNOWN), ("<s>", sp_model.ModelProto.SentencePiece.CONTROL),
-                ("</s>", sp_model.ModelProto.SentencePiece.CONTROL)]
+    specials = [
+        ("<unk>", sp_model.ModelProto.SentencePiece.UNKNOWN),
+        ("<s>", sp_model.ModelProto.SentencePiece.CONTROL),
+        ("</s>", sp_model.ModelProto.SentencePiece.CONTROL),
+    ]
     chars = string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation
     pairs = ["".join(p) for p in itertools.product(string.ascii_lowercase, repeat=2)]
     triples = ["".join(p) for p in itertools.product(string.ascii_lowercase, repeat=3)]
     normal = ["\u2581", *chars, *("\u2581" + c for c in chars), *pairs, *("\u2581" + p for p in pairs), *triples]
     if n_pieces < len(specials) + len(chars) + 1 or n_pieces > len(specials) + len(normal):
-        raise ValueError(f"a synthetic tokenizer holds {len(specials) + len(chars) + 1}..{len(specials) + len(normal)} pieces")
+        raise ValueError(
+            f"a synthetic tokenizer holds {len(specials) + len(chars) + 1}..{len(specials) + len(normal)} pieces"
+        )
     for piece, kind in specials:
         model.pieces.add(piece=piece, score=0.0, type=kind)
     for i, piece in enumerate(normal[: n_pieces - len(specials)]):

@@ -14,8 +14,16 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, quants
 
 from pocket_ggml.errors import ModelFileError
 from pocket_ggml.quantize.gguf_format import TOKENIZER_TENSOR, VOICE_TENSOR_PREFIX, read_metadata
-from pocket_ggml.quantize.names import Role, expected_tensors, from_gguf, from_released, stored_shape, to_released_layout
+from pocket_ggml.quantize.names import (
+    Role,
+    expected_tensors,
+    from_gguf,
+    from_released,
+    stored_shape,
+    to_released_layout,
+)
 from pocket_ggml.quantize.policy import TENSOR_TYPES
+from pocket_ggml.runtime.ggml_backend import CpuBackend, TensorSpec, WeightStore
 
 T = GGMLQuantizationType
 _WEIGHT_TYPES = set(TENSOR_TYPES.values())
@@ -44,12 +52,14 @@ class ModelFile:
         missing = sorted(set(expected) - names)
         if missing:
             raise ModelFileError(f"{where}: {len(missing)} tensors missing (e.g. {', '.join(missing[:3])})")
-        extra = sorted(n for n in names - set(expected) if n != TOKENIZER_TENSOR and not n.startswith(VOICE_TENSOR_PREFIX))
+        extra = sorted(
+            n for n in names - set(expected) if n != TOKENIZER_TENSOR and not n.startswith(VOICE_TENSOR_PREFIX)
+        )
         if extra:
             raise ModelFileError(f"{where}: unexpected tensors for this config (e.g. {', '.join(extra[:3])})")
         for name, shape in expected.items():
             t = self.tensors[name]
-            got = tuple(int(d) for d in reversed(t.shape.tolist()))
+            got = self.stored_shape(name)
             if got != shape:
                 raise ModelFileError(f"{where}: tensor {name} has shape {got}, the config implies {shape}")
             if t.tensor_type not in _WEIGHT_TYPES:
@@ -62,6 +72,22 @@ class ModelFile:
         tok = self.tensors.get(TOKENIZER_TENSOR)
         if tok is None or tok.tensor_type != T.I8 or len(tok.shape) != 1:
             raise ModelFileError(f"{where}: no tokenizer in the file")
+
+    def weight_names(self) -> list[str]:
+        """GGUF names of the model's weights (not the tokenizer or stored voices), in file order."""
+        return [n for n in self.tensors if n != TOKENIZER_TENSOR and not n.startswith(VOICE_TENSOR_PREFIX)]
+
+    def load_weights(self, backend: CpuBackend) -> WeightStore:
+        """Every weight as a ggml tensor pointing into the mapped file: no copy is made, and the pages
+        are read from disk only when a graph first touches them."""
+        specs = [
+            TensorSpec(n, int(self.tensors[n].tensor_type), self.stored_shape(n), int(self.tensors[n].data_offset))
+            for n in self.weight_names()
+        ]
+        return WeightStore.from_host_memory(backend, specs, self._reader.data)
+
+    def stored_shape(self, gguf_name: str) -> tuple[int, ...]:
+        return tuple(int(d) for d in reversed(self.tensors[gguf_name].shape.tolist()))
 
     def tokenizer_bytes(self) -> bytes:
         return self.tensors[TOKENIZER_TENSOR].data.tobytes()
@@ -76,7 +102,7 @@ class ModelFile:
     def dequantized(self, gguf_name: str) -> np.ndarray:
         """A tensor as float32 in its stored shape."""
         t = self.tensors[gguf_name]
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        shape = self.stored_shape(gguf_name)
         if t.tensor_type in (T.F32, T.F16):
             return np.asarray(t.data, dtype=np.float32).reshape(shape)
         return quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)

@@ -80,7 +80,7 @@ def _ensure_terminal_punctuation(text: str) -> str:
     """Sentence-final punctuation, after any closing quote or bracket; a trailing , : or dash
     becomes a period (the splitter only knows a bare period token)."""
     core = text.rstrip(_CLOSERS + " ")
-    closers = text[len(core):].strip()
+    closers = text[len(core) :].strip()
     if not core or core[-1] in _TERMINAL_PUNCTUATION:
         return text
     if core[-1] in _WEAK_PUNCTUATION:
@@ -112,8 +112,9 @@ def _segments(tokens: list[int], bounds: list[int], tok: Tokenizer) -> list[tupl
     return [(b - a, tok.decode(tokens[a:b])) for a, b in zip(bounds, bounds[1:])]
 
 
-def split_into_best_sentences(tok: Tokenizer, text: str, rules: TextRules,
-                              max_tokens: int = MAX_TOKENS_PER_CHUNK) -> list[str]:
+def split_into_best_sentences(
+    tok: Tokenizer, text: str, rules: TextRules, max_tokens: int = MAX_TOKENS_PER_CHUNK
+) -> list[str]:
     if max_tokens < 1:
         raise TextError(f"max_tokens must be at least 1, got {max_tokens}")
     prepared = prepare_text_prompt(text, rules).text.strip()

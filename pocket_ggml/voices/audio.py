@@ -38,8 +38,9 @@ def resample(wav: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return resample_poly(wav, to_rate // g, from_rate // g).astype(np.float32)
 
 
-def end_on_pause(wav: np.ndarray, sample_rate: int, pause_sec: float = 0.08, fade_sec: float = 0.02,
-                 floor_db: float = 35.0) -> np.ndarray:
+def end_on_pause(
+    wav: np.ndarray, sample_rate: int, pause_sec: float = 0.08, fade_sec: float = 0.02, floor_db: float = 35.0
+) -> np.ndarray:
     """Cut the trailing silence (20 ms frames more than `floor_db` below the loudest), fade out the
     last `fade_sec`, append `pause_sec` of zeros: prompts must end inside a pause, as in training."""
     frame = max(1, int(0.02 * sample_rate))
@@ -51,7 +52,7 @@ def end_on_pause(wav: np.ndarray, sample_rate: int, pause_sec: float = 0.08, fad
     end = (int(np.nonzero(db > db.max() - floor_db)[0][-1]) + 1) * frame
     out = wav[:end].copy()
     fade = min(int(fade_sec * sample_rate), end)
-    out[end - fade:] *= np.linspace(1, 0, fade, dtype=np.float32)
+    out[end - fade :] *= np.linspace(1, 0, fade, dtype=np.float32)
     return np.concatenate([out, np.zeros(int(pause_sec * sample_rate), dtype=np.float32)])
 
 

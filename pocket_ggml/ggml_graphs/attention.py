@@ -1,0 +1,222 @@
+"""StreamingMultiheadAttention (pocket_tts/modules/attention.py) and RoPE (modules/rope.py).
+
+The K/V cache of a layer is two persistent ggml tensors of shape (capacity, kv_dim) in a
+`StateStore`. New rows are written into slots with `ggml_set_rows`, and attention reads the cache
+through views of that write, so the write always runs first. Slots form a ring: slot = position
+% capacity. FlowLM's cache never wraps (its capacity covers the whole sequence); the Mimi
+transformers' caches wrap, so their memory is bounded by the context window, not the audio length.
+
+Which slots a query may see is an F16 mask built in numpy from absolute positions (the
+reference's `_build_attention_mask`): key position p is visible from query position q iff
+0 <= q - p < context. The same positions give the RoPE angles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import ggml
+import numpy as np
+
+from pocket_ggml.ggml_graphs.nn import Weights, expect_shape, weight
+from pocket_ggml.runtime.ggml_backend import Graph, Tensor, tensor_nb, tensor_ne
+
+GGML_ROPE_TYPE_NORMAL = 0  # rotates adjacent pairs (x[2i], x[2i+1]): the reference's layout
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """Sizes of one StreamingMultiheadAttention (its context window lives in the `KVCache` plan)."""
+
+    d_model: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_period: float
+
+    @property
+    def attn_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """Numpy side of one attention call: where the new rows go and what each query may see."""
+
+    positions: np.ndarray  # int32 (T,): absolute positions of the new rows (RoPE angles)
+    slots: np.ndarray | None  # int32 (T,): cache rows written; None when there is no cache
+    mask: np.ndarray  # float16 (T, n_keys): 0 where the query may attend, -inf elsewhere
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.positions)
+
+    @property
+    def n_keys(self) -> int:
+        return self.mask.shape[1]
+
+
+@dataclass(frozen=True)
+class AttentionInputs:
+    """Graph side of an `AttentionPlan`, shared by every layer of one transformer."""
+
+    positions: Tensor
+    slots: Tensor | None
+    mask: Tensor
+    n_rows: int
+    n_keys: int
+
+
+@dataclass(frozen=True)
+class LayerKV:
+    """One layer's persistent cache tensors, each (capacity, kv_dim)."""
+
+    k: Tensor
+    v: Tensor
+
+
+def _mask(q_pos: np.ndarray, k_pos: np.ndarray, context: int | None) -> np.ndarray:
+    delta = q_pos[:, None] - k_pos[None, :]
+    ok = (k_pos[None, :] >= 0) & (delta >= 0)
+    if context is not None:
+        ok &= delta < context
+    return np.where(ok, 0.0, -np.inf).astype(np.float16)
+
+
+def stateless_plan(n_rows: int, context: int | None, offset: int = 0) -> AttentionPlan:
+    """Attention over the new rows only (no cache), e.g. the Mimi encoder."""
+    if n_rows < 1:
+        raise ValueError("attention needs at least one row")
+    pos = np.arange(offset, offset + n_rows, dtype=np.int32)
+    return AttentionPlan(pos, None, _mask(pos, pos, context))
+
+
+class KVCache:
+    """Slot bookkeeping of a transformer's K/V caches (all layers move together).
+
+    `offset` is the absolute position of the next row (the reference's `offset` state and RoPE
+    offset). Call `plan(n)` to build a graph, then `advance(n)` once it has been computed.
+    """
+
+    def __init__(self, capacity: int, context: int | None = None) -> None:
+        if capacity < 1 or (context is not None and context < 1):
+            raise ValueError(f"bad cache capacity {capacity} / context {context}")
+        self.capacity = capacity
+        self.context = context
+        self.offset = 0
+
+    @staticmethod
+    def ring_capacity(context: int, max_rows: int) -> int:
+        """Smallest ring that holds a full window for every query of a call of `max_rows` rows."""
+        return context + max_rows - 1
+
+    def max_rows(self) -> int:
+        """Most rows one call may add without overwriting keys that call still needs."""
+        if self.context is None:
+            return self.capacity - self.offset
+        return self.capacity - min(self.offset, self.context - 1)
+
+    def plan(self, n_rows: int) -> AttentionPlan:
+        if not 1 <= n_rows <= self.max_rows():
+            raise ValueError(
+                f"{n_rows} new rows do not fit a KV cache of {self.capacity} slots at offset "
+                f"{self.offset} (context {self.context}); at most {self.max_rows()} fit"
+            )
+        end = self.offset + n_rows
+        pos = np.arange(self.offset, end, dtype=np.int32)
+        n_keys = min(self.capacity, end)
+        slots = np.arange(n_keys, dtype=np.int64)
+        # The latest position written to each slot once this call's rows are in.
+        slot_pos = slots + self.capacity * ((end - 1 - slots) // self.capacity)
+        slots_written = (pos % self.capacity).astype(np.int32)
+        return AttentionPlan(pos, slots_written, _mask(pos, slot_pos, self.context))
+
+    def advance(self, n_rows: int) -> None:
+        self.offset += n_rows
+
+    def reset(self) -> None:
+        self.offset = 0
+
+
+def attention_inputs(g: Graph, plan: AttentionPlan, name: str) -> AttentionInputs:
+    """Feed a plan's positions, slots and mask into the graph under `name.*`."""
+    slots = None if plan.slots is None else g.feed(f"{name}.slots", plan.slots)
+    return AttentionInputs(
+        positions=g.feed(f"{name}.pos", plan.positions),
+        slots=slots,
+        mask=g.feed(f"{name}.mask", plan.mask),
+        n_rows=plan.n_rows,
+        n_keys=plan.n_keys,
+    )
+
+
+def rope_interleaved(ctx: int, x: Tensor, positions: Tensor, max_period: float) -> Tensor:
+    """RoPE on x (T, H, D) over adjacent pairs, angle = position * max_period^(-2i/D), in F32."""
+    head_dim = tensor_ne(x)[0]
+    return ggml.ggml_rope_ext(
+        ctx, x, positions, None, head_dim, GGML_ROPE_TYPE_NORMAL, 0, max_period, 1.0, 0.0, 1.0, 0.0, 0.0
+    )
+
+
+def streaming_attention(
+    g: Graph,
+    w: Weights,
+    prefix: str,
+    x: Tensor,
+    shape: AttentionShape,
+    inputs: AttentionInputs,
+    cache: LayerKV | None,
+) -> Tensor:
+    """Self-attention of x (T, d_model) -> (T, d_model); `prefix` is the reference module path."""
+    ctx, s = g.ctx, shape
+    d, kv_dim, attn_dim = s.head_dim, s.kv_dim, s.attn_dim
+    n = inputs.n_rows
+    if s.num_heads % s.num_kv_heads:
+        raise ValueError(f"{s.num_heads} heads cannot share {s.num_kv_heads} K/V heads")
+    expect_shape(x, (n, s.d_model), f"{prefix} input")
+    w_in = weight(w, f"{prefix}.in_proj.weight", (attn_dim + 2 * kv_dim, s.d_model))
+    w_out = weight(w, f"{prefix}.out_proj.weight", (s.d_model, attn_dim))
+    if (cache is None) != (inputs.slots is None):
+        raise ValueError(f"{prefix}: a cache needs a KVCache plan, and a stateless plan no cache")
+
+    qkv = ggml.ggml_mul_mat(ctx, w_in, x)  # (T, q | k | v)
+    el, row = tensor_nb(qkv)[:2]
+    q = ggml.ggml_view_3d(ctx, qkv, d, s.num_heads, n, d * el, row, 0)
+    k = ggml.ggml_view_3d(ctx, qkv, d, s.num_kv_heads, n, d * el, row, attn_dim * el)
+    q = rope_interleaved(ctx, q, inputs.positions, s.max_period)
+    k = rope_interleaved(ctx, k, inputs.positions, s.max_period)
+    if cache is None:
+        keys = k
+        values = ggml.ggml_view_3d(ctx, qkv, d, s.num_kv_heads, n, d * el, row, (attn_dim + kv_dim) * el)
+    else:
+        for t in (cache.k, cache.v):
+            ne = tensor_ne(t)
+            if ne[0] != kv_dim or ne[1] < inputs.n_keys or ne[2:] != (1, 1):
+                raise ValueError(f"{prefix}: cache ne {ne} cannot hold {inputs.n_keys} x {kv_dim}")
+        v_rows = ggml.ggml_view_2d(ctx, qkv, kv_dim, n, row, (attn_dim + kv_dim) * el)
+        k_cache = ggml.ggml_set_rows(ctx, cache.k, ggml.ggml_reshape_2d(ctx, k, kv_dim, n), inputs.slots)
+        v_cache = ggml.ggml_set_rows(ctx, cache.v, v_rows, inputs.slots)
+        keys = _valid_heads(ctx, k_cache, d, s.num_kv_heads, inputs.n_keys)
+        values = _valid_heads(ctx, v_cache, d, s.num_kv_heads, inputs.n_keys)
+    out = ggml.ggml_flash_attn_ext(
+        ctx,
+        ggml.ggml_permute(ctx, q, 0, 2, 1, 3),  # (H, T, D)
+        ggml.ggml_permute(ctx, keys, 0, 2, 1, 3),
+        ggml.ggml_permute(ctx, values, 0, 2, 1, 3),
+        inputs.mask,
+        1.0 / math.sqrt(d),
+        0.0,
+        0.0,
+    )  # (T, H, D)
+    return ggml.ggml_mul_mat(ctx, w_out, ggml.ggml_reshape_2d(ctx, out, attn_dim, n))
+
+
+def _valid_heads(ctx: int, cache: Tensor, head_dim: int, n_heads: int, n_keys: int) -> Tensor:
+    """The first n_keys slots of a (capacity, kv_dim) cache as (n_keys, H, D)."""
+    el, row = tensor_nb(cache)[:2]
+    return ggml.ggml_view_3d(ctx, cache, head_dim, n_heads, n_keys, head_dim * el, row, 0)

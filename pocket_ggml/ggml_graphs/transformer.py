@@ -1,0 +1,142 @@
+"""StreamingTransformer and ProjectedTransformer (pocket_tts/modules/transformer.py).
+
+The same pre-norm layer serves FlowLM (no LayerScale, full causal, GQA) and the Mimi transformers
+(LayerScale, a context window). Activations are (T, d): `ne = [d, T]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import ggml
+
+from pocket_ggml.ggml_graphs.attention import (
+    AttentionInputs,
+    AttentionShape,
+    LayerKV,
+    streaming_attention,
+)
+from pocket_ggml.ggml_graphs.nn import (
+    Weights,
+    expect_shape,
+    gelu_tanh,
+    layer_norm,
+    linear,
+    rows,
+    weight,
+    width,
+)
+from pocket_ggml.quantize.config import FlowLMConfig, MimiTransformerConfig
+from pocket_ggml.runtime.ggml_backend import GGML_TYPE_F32, Graph, StateStore, Tensor
+
+NORM_EPS = 1e-5  # nn.LayerNorm(d_model, eps=1e-5) for norm1, norm2 and FlowLM's out_norm
+
+
+@dataclass(frozen=True)
+class TransformerShape:
+    attention: AttentionShape
+    num_layers: int
+    dim_feedforward: int
+    layer_scale: bool
+
+    @property
+    def d_model(self) -> int:
+        return self.attention.d_model
+
+    @classmethod
+    def for_flow_lm(cls, cfg: FlowLMConfig) -> TransformerShape:
+        attn = AttentionShape(cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.max_period)
+        return cls(attn, cfg.num_layers, cfg.dim_feedforward, layer_scale=False)
+
+    @classmethod
+    def for_mimi(cls, cfg: MimiTransformerConfig) -> TransformerShape:
+        attn = AttentionShape(cfg.d_model, cfg.num_heads, cfg.num_heads, cfg.head_dim, cfg.max_period)
+        return cls(attn, cfg.num_layers, cfg.dim_feedforward, layer_scale=True)
+
+
+def kv_cache_specs(
+    name: str, shape: TransformerShape, capacity: int, ggml_type: int = GGML_TYPE_F32
+) -> dict[str, tuple[tuple[int, int], int]]:
+    """StateStore specs of a transformer's K/V caches: `{name}.{layer}.k` / `.v`, each
+    (capacity, kv_dim). F16 halves the memory but rounds K/V (and Q, in flash attention) to F16."""
+    kv = (capacity, shape.attention.kv_dim)
+    return {f"{name}.{l}.{kind}": (kv, ggml_type) for l in range(shape.num_layers) for kind in "kv"}
+
+
+def layer_caches(state: StateStore, name: str, shape: TransformerShape) -> list[LayerKV]:
+    """The per-layer cache tensors declared by `kv_cache_specs`."""
+    return [LayerKV(state[f"{name}.{l}.k"], state[f"{name}.{l}.v"]) for l in range(shape.num_layers)]
+
+
+def transformer_layer(
+    g: Graph,
+    w: Weights,
+    prefix: str,
+    x: Tensor,
+    shape: TransformerShape,
+    inputs: AttentionInputs,
+    cache: LayerKV | None,
+) -> Tensor:
+    """StreamingTransformerLayer (pre-norm):
+    x += ls1 * attn(norm1(x)); x += ls2 * linear2(gelu_tanh(linear1(norm2(x))))."""
+    ctx, d, ff = g.ctx, shape.d_model, shape.dim_feedforward
+    n1w, n1b, n2w, n2b = (
+        weight(w, f"{prefix}.{n}", (d,)) for n in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias")
+    )
+    w1 = weight(w, f"{prefix}.linear1.weight", (ff, d))
+    w2 = weight(w, f"{prefix}.linear2.weight", (d, ff))
+    ls1 = ls2 = None
+    if shape.layer_scale:
+        ls1 = weight(w, f"{prefix}.layer_scale_1.scale", (d,))
+        ls2 = weight(w, f"{prefix}.layer_scale_2.scale", (d,))
+
+    h = layer_norm(ctx, x, NORM_EPS, n1w, n1b)
+    update = streaming_attention(g, w, f"{prefix}.self_attn", h, shape.attention, inputs, cache)
+    x = ggml.ggml_add(ctx, x, update if ls1 is None else ggml.ggml_mul(ctx, update, ls1))
+    update = linear(ctx, gelu_tanh(ctx, linear(ctx, layer_norm(ctx, x, NORM_EPS, n2w, n2b), w1)), w2)
+    return ggml.ggml_add(ctx, x, update if ls2 is None else ggml.ggml_mul(ctx, update, ls2))
+
+
+def streaming_transformer(
+    g: Graph,
+    w: Weights,
+    prefix: str,
+    x: Tensor,
+    shape: TransformerShape,
+    inputs: AttentionInputs,
+    caches: Sequence[LayerKV] | None,
+) -> Tensor:
+    """StreamingTransformer over x (T, d_model); `caches` holds one LayerKV per layer, or None."""
+    expect_shape(x, (inputs.n_rows, shape.d_model), f"{prefix} input")
+    if caches is not None and len(caches) != shape.num_layers:
+        raise ValueError(f"{prefix}: {len(caches)} caches for {shape.num_layers} layers")
+    for l in range(shape.num_layers):
+        cache = None if caches is None else caches[l]
+        x = transformer_layer(g, w, f"{prefix}.layers.{l}", x, shape, inputs, cache)
+    return x
+
+
+def projected_transformer(
+    g: Graph,
+    w: Weights,
+    prefix: str,
+    x: Tensor,
+    cfg: MimiTransformerConfig,
+    inputs: AttentionInputs,
+    caches: Sequence[LayerKV] | None,
+) -> list[Tensor]:
+    """ProjectedTransformer (Mimi): optional input_proj, the transformer, one output per output_projs.
+
+    x is (T, input_dimension), i.e. the reference's (B, C, T) input already transposed.
+    """
+    ctx, d = g.ctx, cfg.d_model
+    expect_shape(x, (rows(x), cfg.input_dimension), f"{prefix} input")
+    if width(x) != d:
+        x = linear(ctx, x, weight(w, f"{prefix}.input_proj.weight", (d, cfg.input_dimension)))
+    shape = TransformerShape.for_mimi(cfg)
+    z = streaming_transformer(g, w, f"{prefix}.transformer", x, shape, inputs, caches)
+    return [
+        z if od == d else linear(ctx, z, weight(w, f"{prefix}.output_projs.{k}.weight", (od, d)))
+        for k, od in enumerate(cfg.output_dimensions)
+    ]

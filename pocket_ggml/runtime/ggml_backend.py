@@ -1,0 +1,456 @@
+"""GGML CPU backend plumbing: the only module that touches ctypes and ggml's backend API.
+
+Importing it fixes the known ggml-python 0.0.45 binding bugs (pointer restypes cut to 32 bits) and sets
+GGML_NO_BACKTRACE=1, so a failed GGML_ASSERT aborts without starting gdb. Graph builders
+(`pocket_ggml.ggml_graphs`) use `ggml.ggml_*` ops on `Graph.ctx` and never call the backend directly.
+
+Shapes are given in numpy order (outermost first); ggml's `ne` is the reverse.
+
+API
+- `CpuBackend(n_threads=1)`: `.n_threads` (settable), `.handle`, `.close()`.
+- `RawTensor(ggml_type, shape, data)`: bytes of a tensor of any ggml type (e.g. Q8_0, Q4_K blocks).
+- `TensorSpec(name, ggml_type, shape, offset)`: where a tensor lies in a host memory blob.
+- `WeightStore`: read-only named weights in one backend buffer; a `Mapping[str, ggml tensor]`.
+    `WeightStore.from_arrays(backend, {name: np.ndarray | RawTensor})` copies (F32/F16 arrays or raw).
+    `WeightStore.from_host_memory(backend, specs, memory)` is zero-copy over e.g. a GGUF np.memmap.
+    `.shape(name)`, `.ggml_type(name)`, `.get(name) -> np.ndarray` (a copy), `.close()`.
+- `StateStore(backend, {name: shape | (shape, ggml_type)})`: persistent tensors (KV caches, conv
+    history) in their own buffer, zero-initialised, surviving across computes; a `Mapping`.
+    `.set(name, array)`, `.get(name) -> np.ndarray`, `.reset()` (all zeros), `.close()`.
+- `Graph`: a graph under construction (`.ctx` for ops); `.input(name, shape, dtype)` declares an
+    input filled at run time, `.feed(name, array)` an input whose value is known while building,
+    `.expand(tensor)` schedules a node now (for writes whose result nobody reads).
+- `GraphRunner(backend)`: `.run(build, inputs) -> {name: np.ndarray}` builds `build(graph)` (which
+    returns `{name: tensor}`) in a no_alloc context, allocates it with gallocr, sets the inputs,
+    computes with ggml_backend_graph_compute and returns the outputs. An output's numpy shape is the
+    reversed `ne` up to `ggml_n_dims` (leading size-1 axes are dropped). `.close()`.
+- `tensor_shape(t) -> tuple` (numpy order, trimmed to `ggml_n_dims`), `tensor_ne(t)` / `tensor_nb(t)`
+    (ggml order, 4 axes), `ggml_type_of(t)`,
+    `GGML_TYPE_*` aliases for the common types, `Tensor` (the type of a ggml tensor pointer).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+
+import ggml  # noqa: E402
+
+# Binding bug: these return pointers but declare a NewType(int) restype, which ctypes treats as
+# a C int and truncates to 32 bits; the next use of the pointer segfaults.
+for _fn in (
+    ggml.ggml_backend_cpu_buffer_from_ptr,
+    ggml.ggml_backend_alloc_buffer,
+    ggml.ggml_backend_cpu_buffer_type,
+    ggml.ggml_backend_sched_get_tensor_backend,
+):
+    _fn.restype = ctypes.c_void_p
+
+Tensor = Any  # ctypes.POINTER(ggml.ggml_tensor): what every ggml op takes and returns
+
+GGML_TYPE_F32 = ggml.GGML_TYPE_F32
+GGML_TYPE_F16 = ggml.GGML_TYPE_F16
+GGML_TYPE_I32 = ggml.GGML_TYPE_I32
+GGML_TYPE_I64 = ggml.GGML_TYPE_I64
+GGML_TYPE_Q8_0 = ggml.GGML_TYPE_Q8_0
+GGML_TYPE_Q4_0 = ggml.GGML_TYPE_Q4_0
+GGML_TYPE_Q4_K = ggml.GGML_TYPE_Q4_K
+GGML_TYPE_Q5_K = ggml.GGML_TYPE_Q5_K
+GGML_TYPE_Q6_K = ggml.GGML_TYPE_Q6_K
+
+_NUMPY_TYPES: dict[int, np.dtype] = {
+    GGML_TYPE_F32: np.dtype(np.float32),
+    GGML_TYPE_F16: np.dtype(np.float16),
+    GGML_TYPE_I32: np.dtype(np.int32),
+    GGML_TYPE_I64: np.dtype(np.int64),
+}
+_GGML_TYPES: dict[np.dtype, int] = {v: k for k, v in _NUMPY_TYPES.items()}
+_MAX_DIMS = 4
+_HOST_ALIGNMENT = 32  # ggml's TENSOR_ALIGNMENT, asserted by ggml_backend_cpu_buffer_from_ptr
+
+
+def _ggml_type_for(dtype: np.dtype) -> int:
+    t = _GGML_TYPES.get(np.dtype(dtype))
+    if t is None:
+        raise TypeError(f"no ggml type for numpy dtype {np.dtype(dtype)}")
+    return t
+
+
+def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if not 1 <= len(shape) <= _MAX_DIMS or any(s <= 0 for s in shape):
+        raise ValueError(f"tensor shape {shape} must have 1-4 positive axes")
+    return shape
+
+
+def _new_tensor(ctx: int, ggml_type: int, shape: tuple[int, ...]) -> Tensor:
+    ne = (ctypes.c_int64 * len(shape))(*reversed(shape))
+    return ggml.ggml_new_tensor(ctx, ggml_type, len(shape), ne)
+
+
+def _nbytes(ggml_type: int, shape: tuple[int, ...]) -> int:
+    """Bytes of a contiguous tensor; also rejects rows that are not whole quantization blocks."""
+    block = ggml.ggml_blck_size(ggml_type)
+    if shape[-1] % block:
+        raise ValueError(f"row length {shape[-1]} is not a multiple of the block size {block}")
+    return ggml.ggml_row_size(ggml_type, shape[-1]) * int(np.prod(shape[:-1], dtype=np.int64))
+
+
+def _metadata_context(n_tensors: int) -> int:
+    params = ggml.ggml_init_params(
+        mem_size=ggml.ggml_tensor_overhead() * max(n_tensors, 1), mem_buffer=None, no_alloc=True
+    )
+    ctx = ggml.ggml_init(params)
+    if not ctx:
+        raise MemoryError("ggml_init failed")
+    return ctx
+
+
+def tensor_shape(t: Tensor) -> tuple[int, ...]:
+    """Numpy-order shape of a ggml tensor, trimmed to `ggml_n_dims` axes."""
+    n = ggml.ggml_n_dims(t)
+    return tuple(int(t.contents.ne[i]) for i in reversed(range(n)))
+
+
+def tensor_ne(t: Tensor) -> tuple[int, int, int, int]:
+    """ggml's `ne` (innermost first, always 4 axes)."""
+    return tuple(int(n) for n in t.contents.ne)  # type: ignore[return-value]
+
+
+def tensor_nb(t: Tensor) -> tuple[int, int, int, int]:
+    """ggml's byte strides `nb` (innermost first)."""
+    return tuple(int(n) for n in t.contents.nb)  # type: ignore[return-value]
+
+
+def ggml_type_of(t: Tensor) -> int:
+    """The tensor's ggml type (GGML_TYPE_*)."""
+    return int(t.contents.type)
+
+
+class CpuBackend:
+    """The ggml CPU backend with an explicit thread count (ggml's default of 4 is never used)."""
+
+    def __init__(self, n_threads: int = 1) -> None:
+        handle = ggml.ggml_backend_cpu_init()
+        if not handle:
+            raise RuntimeError("ggml_backend_cpu_init failed")
+        self.handle: int = handle
+        self._n_threads = 0
+        self.n_threads = n_threads
+
+    @property
+    def n_threads(self) -> int:
+        return self._n_threads
+
+    @n_threads.setter
+    def n_threads(self, n: int) -> None:
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n_threads must be a positive integer, got {n!r}")
+        ggml.ggml_backend_cpu_set_n_threads(self.handle, n)
+        self._n_threads = n
+
+    @property
+    def alignment(self) -> int:
+        return int(ggml.ggml_backend_get_alignment(self.handle))
+
+    def close(self) -> None:
+        if getattr(self, "handle", 0):
+            ggml.ggml_backend_free(self.handle)
+            self.handle = 0
+
+    def __del__(self) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class RawTensor:
+    """A tensor given as its raw ggml bytes (any type, e.g. quantized blocks)."""
+
+    ggml_type: int
+    shape: tuple[int, ...]
+    data: np.ndarray  # uint8, exactly the tensor's ggml bytes
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor that lies `offset` bytes into a host memory blob (e.g. a GGUF data section)."""
+
+    name: str
+    ggml_type: int
+    shape: tuple[int, ...]
+    offset: int
+
+
+class _TensorStore(Mapping[str, Tensor]):
+    """Named tensors of one metadata context, all in one backend buffer."""
+
+    def __init__(self) -> None:
+        self._ctx = 0
+        self._buffer = 0
+        self._tensors: dict[str, Tensor] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._types: dict[str, int] = {}
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Numpy-order shape as declared (all axes kept)."""
+        return self._shapes[name]
+
+    def ggml_type(self, name: str) -> int:
+        return self._types[name]
+
+    def get(self, name: str) -> np.ndarray:
+        """A numpy copy (raw uint8 bytes for quantized types)."""
+        shape, ggml_type = self._shapes[name], self._types[name]
+        dtype = _NUMPY_TYPES.get(ggml_type)
+        n = _nbytes(ggml_type, shape)
+        out = np.empty(shape if dtype is not None else (n,), dtype=dtype or np.uint8)
+        ggml.ggml_backend_tensor_get(self._tensors[name], out.ctypes.data, 0, n)
+        return out
+
+    def _declare(self, specs: Sequence[tuple[str, int, tuple[int, ...]]]) -> None:
+        self._ctx = _metadata_context(len(specs))
+        for name, ggml_type, shape in specs:
+            t = _new_tensor(self._ctx, ggml_type, shape)
+            ggml.ggml_set_name(t, name.encode()[: ggml.GGML_MAX_NAME - 1])
+            self._tensors[name] = t
+            self._shapes[name] = shape
+            self._types[name] = ggml_type
+
+    def _alloc_packed(self, backend: CpuBackend, usage: int) -> None:
+        """One backend buffer holding every tensor at aligned offsets."""
+        align = backend.alignment
+        offsets, size = {}, 0
+        for name in self._tensors:
+            offsets[name] = size
+            size += -(-_nbytes(self._types[name], self._shapes[name]) // align) * align
+        self._buffer = ggml.ggml_backend_alloc_buffer(backend.handle, max(size, align))
+        if not self._buffer:
+            raise MemoryError(f"cannot allocate a {size}-byte backend buffer")
+        ggml.ggml_backend_buffer_set_usage(self._buffer, usage)
+        base = ggml.ggml_backend_buffer_get_base(self._buffer)
+        for name, t in self._tensors.items():
+            ggml.ggml_backend_tensor_alloc(self._buffer, t, base + offsets[name])
+
+    def _write(self, name: str, data: np.ndarray) -> None:
+        expected = _nbytes(self._types[name], self._shapes[name])
+        data = np.ascontiguousarray(data)
+        if data.nbytes != expected:
+            raise ValueError(f"{name}: {data.nbytes} bytes given, tensor holds {expected}")
+        ggml.ggml_backend_tensor_set(self._tensors[name], data.ctypes.data, 0, expected)
+
+    def close(self) -> None:
+        if getattr(self, "_buffer", 0):
+            ggml.ggml_backend_buffer_free(self._buffer)
+            self._buffer = 0
+        if getattr(self, "_ctx", 0):
+            ggml.ggml_free(self._ctx)
+            self._ctx = 0
+            self._tensors.clear()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class WeightStore(_TensorStore):
+    """Immutable named weights (any ggml type) in one backend buffer, looked up by GGUF name."""
+
+    _memory: np.ndarray | None = None  # the host blob a zero-copy store points into
+
+    @classmethod
+    def from_arrays(cls, backend: CpuBackend, arrays: Mapping[str, np.ndarray | RawTensor]) -> WeightStore:
+        """Copy numpy arrays (F32/F16/I32) or raw tensors into a new backend buffer."""
+        specs, data = [], {}
+        for name, a in arrays.items():
+            if isinstance(a, RawTensor):
+                ggml_type, shape, data[name] = a.ggml_type, _check_shape(a.shape), a.data
+            else:
+                ggml_type, shape, data[name] = _ggml_type_for(a.dtype), _check_shape(a.shape), a
+            n = _nbytes(ggml_type, shape)
+            if data[name].nbytes != n:
+                raise ValueError(f"{name}: {data[name].nbytes} bytes given for a tensor of {n}")
+            specs.append((name, ggml_type, shape))
+        store = cls()
+        store._declare(specs)
+        store._alloc_packed(backend, ggml.GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
+        for name, a in data.items():
+            store._write(name, a)
+        return store
+
+    @classmethod
+    def from_host_memory(cls, backend: CpuBackend, specs: Sequence[TensorSpec], memory: np.ndarray) -> WeightStore:
+        """Zero-copy: tensors point into `memory` (uint8, e.g. a read-only np.memmap of a GGUF).
+
+        `memory` must stay alive as long as the store; the store keeps a reference to it.
+        """
+        if memory.dtype != np.uint8 or memory.ndim != 1 or not memory.flags.c_contiguous:
+            raise ValueError("memory must be a contiguous 1-D uint8 array")
+        if memory.ctypes.data % _HOST_ALIGNMENT:
+            raise ValueError(f"memory must start at a multiple of {_HOST_ALIGNMENT} bytes (mmaps do)")
+        if len({s.name for s in specs}) != len(specs):
+            raise ValueError("tensor names must be unique")
+        for s in specs:
+            end = s.offset + _nbytes(s.ggml_type, _check_shape(s.shape))
+            if s.offset < 0 or end > memory.nbytes:
+                raise ValueError(f"{s.name}: bytes {s.offset}..{end} outside a {memory.nbytes}-byte blob")
+        store = cls()
+        store._memory = memory
+        store._declare([(s.name, s.ggml_type, tuple(s.shape)) for s in specs])
+        base = memory.ctypes.data
+        store._buffer = ggml.ggml_backend_cpu_buffer_from_ptr(base, max(memory.nbytes, 1))
+        if not store._buffer:
+            raise MemoryError("ggml_backend_cpu_buffer_from_ptr failed")
+        ggml.ggml_backend_buffer_set_usage(store._buffer, ggml.GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
+        for s in specs:
+            ggml.ggml_backend_tensor_alloc(store._buffer, store[s.name], base + s.offset)
+        return store
+
+
+class StateStore(_TensorStore):
+    """Persistent tensors (KV caches, conv history) that survive across graph computes.
+
+    They live in their own backend buffer, so gallocr never reuses their memory. All start at zero.
+    """
+
+    def __init__(self, backend: CpuBackend, specs: Mapping[str, Sequence[int] | tuple[Sequence[int], int]]) -> None:
+        super().__init__()
+        declared = []
+        for name, spec in specs.items():
+            if len(spec) == 2 and not isinstance(spec[0], int):
+                shape, ggml_type = spec  # type: ignore[misc]
+            else:
+                shape, ggml_type = spec, GGML_TYPE_F32
+            shape = _check_shape(shape)  # type: ignore[arg-type]
+            _nbytes(ggml_type, shape)
+            declared.append((name, int(ggml_type), shape))
+        self._declare(declared)
+        self._alloc_packed(backend, ggml.GGML_BACKEND_BUFFER_USAGE_ANY)
+        self.reset()
+
+    def reset(self) -> None:
+        ggml.ggml_backend_buffer_clear(self._buffer, 0)
+
+    def set(self, name: str, array: np.ndarray) -> None:
+        """Overwrite a state tensor from numpy (same shape; dtype converted for F32/F16/I32)."""
+        shape, ggml_type = self._shapes[name], self._types[name]
+        if tuple(array.shape) != shape:
+            raise ValueError(f"{name}: shape {tuple(array.shape)} given, state holds {shape}")
+        dtype = _NUMPY_TYPES.get(ggml_type)
+        self._write(name, np.asarray(array, dtype=dtype) if dtype is not None else array)
+
+
+class Graph:
+    """A compute graph under construction: build ops on `ctx`, declare inputs with `input`."""
+
+    def __init__(self, ctx: int, cgraph: Any) -> None:
+        self.ctx = ctx
+        self.cgraph = cgraph
+        self.inputs: dict[str, tuple[Tensor, tuple[int, ...], np.dtype]] = {}
+        self.fed: dict[str, np.ndarray] = {}
+
+    def input(self, name: str, shape: Sequence[int], dtype: Any = np.float32) -> Tensor:
+        """A new input tensor; `GraphRunner.run` fills it from `inputs[name]` (numpy order)."""
+        if name in self.inputs:
+            raise ValueError(f"graph input {name!r} declared twice")
+        shape = _check_shape(shape)
+        dtype = np.dtype(dtype)
+        t = _new_tensor(self.ctx, _ggml_type_for(dtype), shape)
+        ggml.ggml_set_name(t, name.encode()[: ggml.GGML_MAX_NAME - 1])
+        ggml.ggml_set_input(t)
+        self.inputs[name] = (t, shape, dtype)
+        return t
+
+    def feed(self, name: str, value: np.ndarray) -> Tensor:
+        """An input whose value is already known while building (positions, masks, indices)."""
+        value = np.ascontiguousarray(value)
+        t = self.input(name, value.shape, value.dtype)
+        self.fed[name] = value
+        return t
+
+    def expand(self, t: Tensor) -> None:
+        """Add `t` and what it depends on to the graph now (nodes run in the order added)."""
+        ggml.ggml_build_forward_expand(self.cgraph, t)
+
+
+class GraphRunner:
+    """Builds, allocates (gallocr), and computes graphs on one backend; one per thread."""
+
+    def __init__(self, backend: CpuBackend, max_nodes: int = 16384) -> None:
+        self.backend = backend
+        self.max_nodes = max_nodes
+        self._galloc = ggml.ggml_gallocr_new(ggml.ggml_backend_get_default_buffer_type(backend.handle))
+        if not self._galloc:
+            raise MemoryError("ggml_gallocr_new failed")
+
+    def run(
+        self, build: Callable[[Graph], Mapping[str, Tensor]], inputs: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        mem = ggml.ggml_tensor_overhead() * self.max_nodes + ggml.ggml_graph_overhead_custom(self.max_nodes, False)
+        ctx = ggml.ggml_init(ggml.ggml_init_params(mem_size=mem, mem_buffer=None, no_alloc=True))
+        if not ctx:
+            raise MemoryError("ggml_init failed")
+        try:
+            g = Graph(ctx, ggml.ggml_new_graph_custom(ctx, self.max_nodes, False))
+            outputs = dict(build(g))
+            if set(inputs) & set(g.fed):
+                raise ValueError(f"inputs {sorted(set(inputs) & set(g.fed))} were fed while building")
+            arrays = self._check_inputs(g, {**g.fed, **inputs})
+            for name, t in outputs.items():
+                if not ggml.ggml_is_contiguous(t):
+                    t = outputs[name] = ggml.ggml_cont(ctx, t)
+                ggml.ggml_set_output(t)
+                g.expand(t)
+            if not ggml.ggml_gallocr_alloc_graph(self._galloc, g.cgraph):
+                raise MemoryError("ggml_gallocr_alloc_graph failed")
+            for name, a in arrays.items():
+                ggml.ggml_backend_tensor_set(g.inputs[name][0], a.ctypes.data, 0, a.nbytes)
+            status = ggml.ggml_backend_graph_compute(self.backend.handle, g.cgraph)
+            if status != ggml.GGML_STATUS_SUCCESS:
+                raise RuntimeError(f"ggml_backend_graph_compute failed with status {status}")
+            return {name: _read(t) for name, t in outputs.items()}
+        finally:
+            ggml.ggml_free(ctx)
+
+    @staticmethod
+    def _check_inputs(g: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if set(inputs) != set(g.inputs):
+            raise ValueError(f"graph inputs {sorted(g.inputs)} but {sorted(inputs)} given")
+        arrays = {}
+        for name, (_, shape, dtype) in g.inputs.items():
+            a = np.ascontiguousarray(inputs[name], dtype=dtype)
+            if a.shape != shape:
+                raise ValueError(f"input {name!r}: shape {a.shape} given, graph expects {shape}")
+            arrays[name] = a
+        return arrays
+
+    def close(self) -> None:
+        if getattr(self, "_galloc", 0):
+            ggml.ggml_gallocr_free(self._galloc)
+            self._galloc = 0
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _read(t: Tensor) -> np.ndarray:
+    dtype = _NUMPY_TYPES.get(ggml_type_of(t))
+    if dtype is None:
+        raise TypeError(f"graph output of ggml type {ggml_type_of(t)} cannot be read as numpy")
+    out = np.empty(tensor_shape(t), dtype=dtype)
+    ggml.ggml_backend_tensor_get(t, out.ctypes.data, 0, out.nbytes)
+    return out
