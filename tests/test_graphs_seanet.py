@@ -20,8 +20,7 @@ from pocket_ggml.ggml_graphs.seanet import (
 )
 from pocket_ggml.quantize.config import load_released_config
 from pocket_ggml.quantize.names import from_released, to_stored_layout
-from pocket_ggml.runtime.ggml_backend import CpuBackend, GraphRunner, RawTensor, StateStore, WeightStore
-from pocket_ggml.runtime.ggml_quant import quantize_rows
+from pocket_ggml.runtime.ggml_backend import CpuBackend, GraphRunner, RawTensor, StateStore, WeightStore, quantize_rows
 
 CONFIGS = ["english", "english_2m_2026-10"]  # 512-d / 64 filters / k7 and 128-d / 24 filters / k3
 N_FRAMES = 6

@@ -24,6 +24,8 @@ API
     returns `{name: tensor}`) in a no_alloc context, allocates it with gallocr, sets the inputs,
     computes with ggml_backend_graph_compute and returns the outputs. An output's numpy shape is the
     reversed `ne` up to `ggml_n_dims` (leading size-1 axes are dropped). `.close()`.
+- `quantize_rows(matrix, qtype) -> uint8 blocks`: ggml's own quantizers (the K-quants exist only
+    in ggml), one chunk of rows per core.
 - `tensor_shape(t) -> tuple` (numpy order, trimmed to `ggml_n_dims`), `tensor_ne(t)` / `tensor_nb(t)`
     (ggml order, 4 axes), `ggml_type_of(t)`,
     `GGML_TYPE_*` aliases for the common types, `Tensor` (the type of a ggml tensor pointer).
@@ -34,10 +36,14 @@ from __future__ import annotations
 import ctypes
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from pocket_ggml.errors import QuantizationError
 
 os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 
@@ -454,3 +460,40 @@ def _read(t: Tensor) -> np.ndarray:
     out = np.empty(tensor_shape(t), dtype=dtype)
     ggml.ggml_backend_tensor_get(t, out.ctypes.data, 0, out.nbytes)
     return out
+
+
+_MIN_ROWS_PER_CHUNK = 64
+
+
+def quantize_rows(matrix: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    """Quantize a 2-D float32 array row by row with ggml's kernels (the `gguf` package quantizes only
+    Q8_0/Q4_0); returns the raw blocks as uint8 [rows, row_bytes]. Rows must be whole blocks (checked
+    here: ggml would abort the interpreter)."""
+    if matrix.ndim != 2 or matrix.dtype != np.float32:
+        raise QuantizationError(f"quantize_rows needs a 2-D float32 array, got {matrix.dtype} {matrix.shape}")
+    rows, n_per_row = matrix.shape
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    if n_per_row % block:
+        raise QuantizationError(f"rows of {n_per_row} are not a multiple of {qtype.name}'s block of {block}")
+    if not np.isfinite(matrix).all():
+        raise QuantizationError("cannot quantize a tensor holding NaN or Inf")
+    src = np.ascontiguousarray(matrix)
+    row_bytes = n_per_row // block * type_size
+    dst = np.empty((rows, row_bytes), dtype=np.uint8)
+    src_p = src.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    dst_p = dst.ctypes.data_as(ctypes.c_void_p)
+
+    def chunk(first: int, count: int) -> int:
+        # ctypes releases the GIL during the call, so chunks run in parallel
+        return ggml.ggml_quantize_chunk(int(qtype), src_p, dst_p, first * n_per_row, count, n_per_row, None)
+
+    n_chunks = max(1, min(os.cpu_count() or 1, rows // _MIN_ROWS_PER_CHUNK))
+    bounds = np.linspace(0, rows, n_chunks + 1).astype(int)
+    if n_chunks == 1:
+        written = chunk(0, rows)
+    else:
+        with ThreadPoolExecutor(n_chunks) as pool:
+            written = sum(pool.map(chunk, bounds[:-1], np.diff(bounds)))
+    if written != dst.nbytes:
+        raise QuantizationError(f"ggml wrote {written} bytes for {qtype.name}, expected {dst.nbytes}")
+    return dst
