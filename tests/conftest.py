@@ -20,3 +20,11 @@ def tokenizer_path() -> Path:
 @pytest.fixture(scope="session")
 def voice_wav() -> Path:
     return shared_path("assets", "voices", "speaker-48k.wav")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _parity_workdir(tmp_path_factory):
+    """Where synthetic models and reference dumps are made, once per test session."""
+    from _parity_runs import set_root
+
+    set_root(tmp_path_factory.mktemp("parity"))

@@ -68,21 +68,36 @@ def flow_lm_backbone(
     inputs: AttentionInputs,
     caches: Sequence[LayerKV] | None,
     n_out: int = 1,
+    stages: dict[str, Tensor] | None = None,
 ) -> Tensor:
     """FlowLMModel.backbone on the sequence x (T, d_model): transformer, then out_norm and z_proj of
-    the last `n_out` rows -> (n_out, cond_dim), what the EOS and flow heads read."""
+    the last `n_out` rows -> (n_out, cond_dim), what the EOS and flow heads read. With `stages`,
+    the intermediates are added to it: `layerNN` (all rows), `transformer_out`, `hidden` (after
+    out_norm) and `z` (after z_proj), the last three over the last `n_out` rows."""
     ctx, d = g.ctx, cfg.d_model
     if not 1 <= n_out <= inputs.n_rows:
         raise ValueError(f"cannot output {n_out} of {inputs.n_rows} rows")
     shape = TransformerShape.for_flow_lm(cfg)
-    h = streaming_transformer(g, w, f"{PREFIX}.transformer", x, shape, inputs, caches)
-    row = tensor_nb(h)[1]
-    h = ggml.ggml_view_2d(ctx, h, d, n_out, row, (inputs.n_rows - n_out) * row)
+    layer_outputs: list[Tensor] | None = [] if stages is not None else None
+    h = streaming_transformer(g, w, f"{PREFIX}.transformer", x, shape, inputs, caches, layer_outputs)
+    h = last_rows(g, h, n_out)
     norm_w = weight(w, f"{PREFIX}.out_norm.weight", (d,))
-    h = layer_norm(ctx, h, NORM_EPS, norm_w, weight(w, f"{PREFIX}.out_norm.bias", (d,)))
+    hidden = layer_norm(ctx, h, NORM_EPS, norm_w, weight(w, f"{PREFIX}.out_norm.bias", (d,)))
+    out = hidden
     if cfg.z_dim:
-        h = linear(ctx, h, weight(w, f"{PREFIX}.z_proj.weight", (cfg.z_dim, d)))
-    return h
+        out = linear(ctx, hidden, weight(w, f"{PREFIX}.z_proj.weight", (cfg.z_dim, d)))
+    if stages is not None:
+        stages.update({f"layer{i:02d}": t for i, t in enumerate(layer_outputs or [])})
+        stages.update(transformer_out=h, hidden=hidden)
+        if cfg.z_dim:
+            stages["z"] = out
+    return out
+
+
+def last_rows(g: Graph, x: Tensor, n: int) -> Tensor:
+    """The last n rows of a (T, d) tensor, as a view."""
+    row = tensor_nb(x)[1]
+    return ggml.ggml_view_2d(g.ctx, x, width(x), n, row, (rows(x) - n) * row)
 
 
 def flow_lm_eos_logit(g: Graph, w: Weights, cfg: FlowLMConfig, h: Tensor) -> Tensor:
@@ -146,11 +161,15 @@ def flow_lm_step(
     caches: Sequence[LayerKV],
     noise: Tensor,
     decode_steps: int = 1,
+    stages: dict[str, Tensor] | None = None,
+    n_out: int = 1,
 ) -> dict[str, Tensor]:
     """FlowLMModel.forward for one call: [cond_rows | input_linear(latent_rows)] through the
     backbone; from the last row, `h` (1, cond_dim), `eos_logit` (1, 1) and the sampled `latent`.
 
     cond_rows are (N, d_model) text or voice rows; latent_rows (M, latent_dim) have BOS filled in.
+    With `stages`, the backbone's intermediates (see `flow_lm_backbone`, over the last `n_out`
+    rows) are added to the outputs.
     """
     parts = [] if cond_rows is None else [cond_rows]
     if latent_rows is not None:
@@ -159,9 +178,14 @@ def flow_lm_step(
         raise ValueError("a FlowLM call needs conditioning rows or latent rows")
     x = parts[0] if len(parts) == 1 else ggml.ggml_concat(g.ctx, parts[0], parts[1], 1)
     expect_shape(noise, (1, width(noise)), "sampler noise")
-    h = flow_lm_backbone(g, w, cfg, x, inputs, caches)
-    return {
+    h = flow_lm_backbone(g, w, cfg, x, inputs, caches, n_out, stages)
+    if n_out > 1:
+        h = last_rows(g, h, 1)
+    out = {
         "h": h,
         "eos_logit": flow_lm_eos_logit(g, w, cfg, h),
         "latent": flow_head_sample(g, w, cfg, h, noise, decode_steps),
     }
+    if stages is not None:
+        out.update(stages)
+    return out

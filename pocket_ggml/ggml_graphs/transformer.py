@@ -106,14 +106,18 @@ def streaming_transformer(
     shape: TransformerShape,
     inputs: AttentionInputs,
     caches: Sequence[LayerKV] | None,
+    layer_outputs: list[Tensor] | None = None,
 ) -> Tensor:
-    """StreamingTransformer over x (T, d_model); `caches` holds one LayerKV per layer, or None."""
+    """StreamingTransformer over x (T, d_model); `caches` holds one LayerKV per layer, or None.
+    Each layer's output is appended to `layer_outputs` when given (for per-layer parity)."""
     expect_shape(x, (inputs.n_rows, shape.d_model), f"{prefix} input")
     if caches is not None and len(caches) != shape.num_layers:
         raise ValueError(f"{prefix}: {len(caches)} caches for {shape.num_layers} layers")
     for l in range(shape.num_layers):
         cache = None if caches is None else caches[l]
         x = transformer_layer(g, w, f"{prefix}.layers.{l}", x, shape, inputs, cache)
+        if layer_outputs is not None:
+            layer_outputs.append(x)
     return x
 
 

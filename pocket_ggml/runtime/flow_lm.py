@@ -1,0 +1,189 @@
+"""The FlowLM at run time: weights, one persistent KV cache, and the three kinds of call.
+
+Order of the sequence in the cache (one KV cache, continuous positions, RoPE offset = absolute
+index): `[bos_before_voice | voice latents | text tokens | BOS latent, latent_1, latent_2, ...]`.
+A voice state is the cache after the voice prompt (`snapshot()`); each text chunk starts from a
+fresh copy of it (`restore()`), as the reference does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pocket_ggml.errors import PocketError
+from pocket_ggml.ggml_graphs.attention import KVCache, attention_inputs
+from pocket_ggml.ggml_graphs.flow_lm import (
+    flow_lm_step,
+    flow_lm_text_embeddings,
+    flow_lm_voice_conditioning,
+    replace_nan_with_bos,
+)
+from pocket_ggml.ggml_graphs.transformer import TransformerShape, kv_cache_specs, layer_caches
+from pocket_ggml.quantize.config import PocketConfig
+from pocket_ggml.runtime.ggml_backend import CpuBackend, GraphRunner, StateStore, WeightStore
+
+CACHE_NAME = "lm"
+
+
+class GenerationError(PocketError):
+    """A generation request that cannot run (e.g. a prompt longer than the model can hold)."""
+
+
+@dataclass(frozen=True)
+class FlowLMSnapshot:
+    """The FlowLM cache after a prompt: K and V of its rows for every layer, (layers, rows, kv_dim)."""
+
+    k: np.ndarray
+    v: np.ndarray
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.k.shape[1])
+
+
+@dataclass(frozen=True)
+class FlowLMOutput:
+    latent: np.ndarray  # (latent_dim,): the sampled next latent (normalised, as Mimi's input)
+    eos_logit: float
+    stages: dict[str, np.ndarray]  # intermediates, when asked for (parity tests)
+
+
+class FlowLM:
+    """One FlowLM generation context on a backend: cache capacity grows on demand."""
+
+    def __init__(self, cfg: PocketConfig, weights: WeightStore, backend: CpuBackend, decode_steps: int = 1):
+        if decode_steps < 1:
+            raise GenerationError(f"lsd decode steps must be >= 1, got {decode_steps}")
+        self.cfg = cfg
+        self.weights = weights
+        self.backend = backend
+        self.decode_steps = decode_steps
+        self.shape = TransformerShape.for_flow_lm(cfg.flow_lm)
+        self.latent_dim = cfg.mimi.latent_dim
+        self.bos_emb = weights.get("lm.bos_emb").astype(np.float32)
+        self.runner = GraphRunner(backend)
+        self._state: StateStore | None = None
+        self.kv = KVCache(1)
+
+    @property
+    def offset(self) -> int:
+        return self.kv.offset
+
+    def reserve(self, capacity: int) -> None:
+        """Make room for `capacity` rows in all (keeping the rows already there)."""
+        if self._state is not None and self.kv.capacity >= capacity:
+            return
+        kept = self.snapshot() if self._state is not None and self.offset else None
+        if self._state is not None:
+            self._state.close()
+        self._state = StateStore(self.backend, kv_cache_specs(CACHE_NAME, self.shape, capacity))
+        self.kv = KVCache(capacity)
+        if kept is not None:
+            self.restore(kept)
+
+    def reset(self) -> None:
+        self.kv.reset()
+
+    def snapshot(self) -> FlowLMSnapshot:
+        n, layers = self.offset, self.shape.num_layers
+        assert self._state is not None
+        k = np.stack([self._state.get(f"{CACHE_NAME}.{i}.k")[:n] for i in range(layers)])
+        v = np.stack([self._state.get(f"{CACHE_NAME}.{i}.v")[:n] for i in range(layers)])
+        return FlowLMSnapshot(k, v)
+
+    def restore(self, snap: FlowLMSnapshot, extra_rows: int = 0) -> None:
+        """Start from `snap` with room for `extra_rows` more rows."""
+        expected = (self.shape.num_layers, snap.n_rows, self.shape.attention.kv_dim)
+        if snap.k.shape != expected or snap.v.shape != expected:
+            raise GenerationError(f"voice state of shape {snap.k.shape} does not fit this model {expected}")
+        self.reserve(snap.n_rows + extra_rows)
+        assert self._state is not None
+        cap = self.kv.capacity
+        for i in range(self.shape.num_layers):
+            for kind, src in (("k", snap.k), ("v", snap.v)):
+                full = np.zeros((cap, expected[2]), dtype=np.float32)
+                full[: snap.n_rows] = src[i]
+                self._state.set(f"{CACHE_NAME}.{i}.{kind}", full)
+        self.kv.reset()
+        self.kv.advance(snap.n_rows)
+
+    def voice_prompt(self, latents: np.ndarray, noise: np.ndarray | None = None, stages: bool = False) -> FlowLMOutput:
+        """The voice rows ([bos_before_voice |] latents @ speaker_proj^T) into an empty cache."""
+        if latents.ndim != 2 or latents.shape[1] != self.cfg.mimi.speaker_dim or latents.shape[0] < 1:
+            raise GenerationError(f"voice latents must be (T, {self.cfg.mimi.speaker_dim}), got {latents.shape}")
+        n = latents.shape[0] + int(self.cfg.flow_lm.insert_bos_before_voice)
+        self.reset()
+        self.reserve(n)
+        return self._call(("voice", np.ascontiguousarray(latents, dtype=np.float32)), None, n, noise, stages)
+
+    def text_prompt(self, tokens: np.ndarray, noise: np.ndarray | None = None, stages: bool = False) -> FlowLMOutput:
+        tokens = np.asarray(tokens, dtype=np.int32)
+        if tokens.ndim != 1 or tokens.size == 0 or tokens.min() < 0 or tokens.max() > self.cfg.flow_lm.n_bins:
+            raise GenerationError("text tokens must be a non-empty 1-D array of ids within the vocabulary")
+        return self._call(("text", tokens), None, tokens.size, noise, stages)
+
+    def step(self, latent: np.ndarray | None, noise: np.ndarray | None = None, stages: bool = False) -> FlowLMOutput:
+        """One latent row (None: the BOS row) -> the next latent and the EOS logit."""
+        row = np.full((1, self.latent_dim), np.nan, np.float32) if latent is None else latent.reshape(1, -1)
+        return self._call(None, replace_nan_with_bos(row, self.bos_emb), 1, noise, stages)
+
+    def _call(self, cond, latent_rows, n_rows: int, noise, stages: bool) -> FlowLMOutput:
+        if self._state is None or self.kv.max_rows() < n_rows:
+            raise GenerationError(
+                f"the FlowLM cache holds {self.kv.capacity} rows; {self.offset} used, {n_rows} more asked"
+            )
+        noise = np.zeros((1, self.latent_dim), np.float32) if noise is None else noise.reshape(1, self.latent_dim)
+        plan = self.kv.plan(n_rows)
+        caches = layer_caches(self._state, CACHE_NAME, self.shape)
+        cfg, w = self.cfg.flow_lm, self.weights
+        n_out = n_rows if stages else 1
+
+        def build(g):
+            cond_rows = None
+            if cond is not None:
+                kind, value = cond
+                if kind == "voice":
+                    cond_rows = flow_lm_voice_conditioning(g, w, cfg, g.feed("voice", value))
+                else:
+                    cond_rows = flow_lm_text_embeddings(g, w, cfg, g.feed("tokens", value))
+            rows = None if latent_rows is None else g.feed("latents", latent_rows)
+            inputs = attention_inputs(g, plan, "attn")
+            out = flow_lm_step(
+                g,
+                w,
+                cfg,
+                cond_rows,
+                rows,
+                inputs,
+                caches,
+                g.input("noise", (1, self.latent_dim)),
+                self.decode_steps,
+                {} if stages else None,
+                n_out,
+            )
+            if stages and cond_rows is not None:
+                out["cond"] = cond_rows
+            return out
+
+        out = self.runner.run(build, {"noise": noise.astype(np.float32)})
+        self.kv.advance(n_rows)
+        latent = out.pop("latent").reshape(self.latent_dim)
+        eos = float(out.pop("eos_logit").reshape(()))
+        return FlowLMOutput(latent, eos, out if stages else {})
+
+
+def sample_noise(rng: np.random.Generator, dim: int, temp: float, clamp: float | None) -> np.ndarray:
+    """The sampler's starting point: N(0, temp), or with `clamp` a normal truncated to
+    [-clamp, clamp] (torch's trunc_normal_ bounds are absolute values, not in units of std)."""
+    std = float(np.sqrt(temp))
+    if std == 0.0:
+        return np.zeros(dim, np.float32)
+    x = rng.standard_normal(dim) * std
+    if clamp is not None:
+        bad = np.abs(x) > clamp
+        while bad.any():
+            x[bad] = rng.standard_normal(int(bad.sum())) * std
+            bad = np.abs(x) > clamp
+    return x.astype(np.float32)

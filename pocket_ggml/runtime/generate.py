@@ -1,0 +1,72 @@
+"""The generation loop: text prefill, then one FlowLM step per latent frame, with the reference's
+EOS rules (pocket_tts TTSModel._autoregressive_generation):
+
+- EOS fires when the EOS logit exceeds the threshold, but is ignored for the first 6 frames;
+- after EOS at frame e, frames up to e + frames_after_eos - 1 are still emitted;
+- the length cap is ceil((n_tokens / 3 + 2) * frame_rate) frames.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from pocket_ggml.runtime.flow_lm import FlowLM, FlowLMSnapshot, GenerationError
+
+MIN_FRAMES_BEFORE_EOS = 6  # before speech starts, some voices' EOS logit crosses the threshold
+TOKENS_PER_SECOND_ESTIMATE = 3.0
+GEN_SECONDS_PADDING = 2.0
+NoiseSource = Callable[[], np.ndarray]
+
+
+def estimate_max_frames(n_tokens: int, frame_rate: float) -> int:
+    """The reference's length cap (TTSModel._estimate_max_gen_len)."""
+    return math.ceil((n_tokens / TOKENS_PER_SECOND_ESTIMATE + GEN_SECONDS_PADDING) * frame_rate)
+
+
+def frames_after_eos_for(words_guess: int, configured: int | None) -> int:
+    """The configured value, else the reference's guess from the text (+2): 3 or 5 frames."""
+    return configured if configured is not None else words_guess + 2
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int
+    latent: np.ndarray  # (latent_dim,), normalised
+    eos_logit: float
+    eos_frame: int | None  # the frame at which EOS fired, once it has
+
+
+def generate_latents(
+    flow_lm: FlowLM,
+    voice: FlowLMSnapshot,
+    tokens: np.ndarray,
+    noise: NoiseSource,
+    *,
+    eos_threshold: float,
+    frames_after_eos: int,
+    max_frames: int,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Iterator[Frame]:
+    """Latent frames for one chunk of text, starting from a copy of the voice state."""
+    if max_frames < 0 or frames_after_eos < 0:
+        raise GenerationError("max_frames and frames_after_eos must be >= 0")
+    if math.isnan(eos_threshold):
+        raise GenerationError("the EOS threshold is NaN")
+    flow_lm.restore(voice, extra_rows=len(tokens) + max_frames)
+    flow_lm.text_prompt(tokens)
+    latent: np.ndarray | None = None  # None: the BOS row
+    eos_frame: int | None = None
+    for step in range(max_frames):
+        if should_stop():
+            return
+        out = flow_lm.step(latent, noise())
+        if out.eos_logit > eos_threshold and eos_frame is None and step >= MIN_FRAMES_BEFORE_EOS:
+            eos_frame = step
+        if eos_frame is not None and step >= eos_frame + frames_after_eos:
+            return
+        yield Frame(step, out.latent, out.eos_logit, eos_frame)
+        latent = out.latent
