@@ -9,19 +9,19 @@ runs the official pocket-tts 4.0.1 on those weights through ../shared/reference/
 from __future__ import annotations
 
 import json
-import zlib
 import subprocess
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from _reference import require_reference, shared_path
+
 from pocket_ggml.quantize.cli import save_synthetic_safetensors
 from pocket_ggml.quantize.config import load_released_config
-from pocket_ggml.quantize.convert import read_tokenizer
 from pocket_ggml.quantize.convert import convert as convert_checkpoint
+from pocket_ggml.quantize.convert import read_tokenizer
 from pocket_ggml.quantize.policy import get_mix
 
 SEED = 0
