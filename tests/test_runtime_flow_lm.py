@@ -38,14 +38,28 @@ def test_restored_voice_state_gives_identical_frames(flow_lm):
     voice = _voice(flow_lm)
     runs = []
     for _ in range(2):
-        frames = generate_latents(flow_lm, voice, np.arange(5, 17), lambda: np.zeros(32, np.float32),
-                                  eos_threshold=np.inf, frames_after_eos=2, max_frames=8)
+        frames = generate_latents(
+            flow_lm,
+            voice,
+            np.arange(5, 17),
+            lambda: np.zeros(32, np.float32),
+            eos_threshold=np.inf,
+            frames_after_eos=2,
+            max_frames=8,
+        )
         runs.append(np.stack([f.latent for f in frames]))
     assert runs[0].shape == (8, 32)
     np.testing.assert_array_equal(runs[0], runs[1])
     other = _voice(flow_lm, seed=1)
-    frames = generate_latents(flow_lm, other, np.arange(5, 17), lambda: np.zeros(32, np.float32),
-                              eos_threshold=np.inf, frames_after_eos=2, max_frames=8)
+    frames = generate_latents(
+        flow_lm,
+        other,
+        np.arange(5, 17),
+        lambda: np.zeros(32, np.float32),
+        eos_threshold=np.inf,
+        frames_after_eos=2,
+        max_frames=8,
+    )
     assert not np.allclose(np.stack([f.latent for f in frames]), runs[0])
 
 
@@ -69,16 +83,32 @@ def test_bad_calls_are_generation_errors(flow_lm):
     with pytest.raises(GenerationError):
         flow_lm.text_prompt(np.array([4001]))
     with pytest.raises(GenerationError):
-        next(generate_latents(flow_lm, voice, np.arange(3), lambda: np.zeros(32, np.float32),
-                              eos_threshold=float("nan"), frames_after_eos=1, max_frames=3))
+        next(
+            generate_latents(
+                flow_lm,
+                voice,
+                np.arange(3),
+                lambda: np.zeros(32, np.float32),
+                eos_threshold=float("nan"),
+                frames_after_eos=1,
+                max_frames=3,
+            )
+        )
 
 
 def test_steps_do_not_grow_python_memory(flow_lm):
     """Heap growth over 100 steps, measured after 100 steps of warm-up (one-time caches filled)."""
     voice = _voice(flow_lm)
     rng = np.random.default_rng(0)
-    gen = generate_latents(flow_lm, voice, np.arange(1, 9), lambda: sample_noise(rng, 32, 0.3, None),
-                           eos_threshold=np.inf, frames_after_eos=2, max_frames=300)
+    gen = generate_latents(
+        flow_lm,
+        voice,
+        np.arange(1, 9),
+        lambda: sample_noise(rng, 32, 0.3, None),
+        eos_threshold=np.inf,
+        frames_after_eos=2,
+        max_frames=300,
+    )
     not_tracemalloc = [tracemalloc.Filter(False, tracemalloc.__file__)]
     tracemalloc.start()
     try:

@@ -417,7 +417,9 @@ class GraphRunner:
                 raise ValueError(f"inputs {sorted(set(inputs) & set(g.fed))} were fed while building")
             arrays = self._check_inputs(g, {**g.fed, **inputs})
             for name, t in outputs.items():
-                if not ggml.ggml_is_contiguous(t):
+                # A view does not keep its parent alive in gallocr, which may hand the parent's memory
+                # to later nodes: outputs that are views are copied out.
+                if t.contents.view_src or not ggml.ggml_is_contiguous(t):
                     t = outputs[name] = ggml.ggml_cont(ctx, t)
                 ggml.ggml_set_output(t)
                 g.expand(t)

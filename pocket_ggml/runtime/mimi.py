@@ -1,0 +1,274 @@
+"""The Mimi codec at run time: streaming latents -> audio, and voice-prompt audio -> latents.
+
+`MimiDecoder` mirrors the reference's Mimi thread (`TTSModel._decode_audio_worker` +
+`MimiModel.decode_from_latent`): one graph per call runs denormalisation, the quantizer projection, the
+x16 upsample, the decoder transformer and the SEANet decoder. Its state (conv histories, transposed-conv
+partials, ring KV caches sized for the context window) is allocated once, so memory does not grow with
+the audio length.
+
+`MimiEncoder` mirrors `MimiModel.encode_to_latent` (the reference runs it without state over the whole
+prompt). We run it in chunks of `ENCODER_CHUNK_FRAMES` frames with streaming state instead: the SEANet
+convs carry their history, the transformer a ring KV cache over its causal window, and the downsample
+the last 200 Hz steps. Every output step sees exactly the inputs it sees in the reference, so the result
+is the same (up to summation order) while memory stays bounded for any prompt length: in one graph a
+30 s prompt would need a 6000 x 6000 attention mask (72 MB at F16) and ~1.3 GB of activations. No
+length cap is applied (the reference's optional 30 s `truncate` is off by default).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, overload
+
+import ggml
+import numpy as np
+
+from pocket_ggml.errors import ModelFileError, PocketError
+from pocket_ggml.ggml_graphs.attention import KVCache, attention_inputs
+from pocket_ggml.ggml_graphs.conv import conv1d_history, rows, streaming_conv1d
+from pocket_ggml.ggml_graphs.mimi_resample import (
+    DOWNSAMPLE,
+    conv_downsample,
+    conv_tr_upsample,
+    conv_tr_upsample_state_shapes,
+    quantizer_output_proj,
+)
+from pocket_ggml.ggml_graphs.nn import gguf_name, weight
+from pocket_ggml.ggml_graphs.seanet import (
+    seanet_decoder,
+    seanet_decoder_plan,
+    seanet_encoder,
+    seanet_encoder_plan,
+    seanet_state_shapes,
+)
+from pocket_ggml.ggml_graphs.transformer import TransformerShape, kv_cache_specs, layer_caches, projected_transformer
+from pocket_ggml.quantize.config import PocketConfig
+from pocket_ggml.quantize.names import expected_tensors
+from pocket_ggml.runtime.ggml_backend import CpuBackend, Graph, GraphRunner, StateStore, Tensor, WeightStore
+from pocket_ggml.voices.audio import AudioError
+
+DECODER_TRANSFORMER = "decoder_transformer"  # module names under MimiModel (weights and KV state)
+ENCODER_TRANSFORMER = "encoder_transformer"
+FADE_IN_RATE = 200  # the first chunk fades in over sample_rate // 200 samples (5 ms)
+ENCODER_CHUNK_FRAMES = 12  # 0.96 s of prompt per encoder graph: 42 MB of activations (25 frames: 88 MB, as fast)
+
+
+class LatentError(PocketError):
+    """Latents the Mimi decoder cannot take (wrong shape, too many frames, NaN or infinite values)."""
+
+
+class MimiDecoder:
+    """Streaming Mimi decoder: FlowLM latents -> 24 kHz audio, up to `max_frames_per_call` frames a call.
+
+    As in the reference, the first call of a stream (after construction or `reset()`) fades its first
+    5 ms in linearly from 0: a fresh decoder state starts with a small click.
+    """
+
+    def __init__(
+        self, cfg: PocketConfig, weights: WeightStore, backend: CpuBackend, max_frames_per_call: int = 1
+    ) -> None:
+        if max_frames_per_call < 1:
+            raise ValueError(f"max_frames_per_call must be positive, got {max_frames_per_call}")
+        m = cfg.mimi
+        self.cfg = cfg
+        self.max_frames_per_call = max_frames_per_call
+        self.frame_size = m.frame_size
+        self._weights = weights
+        shape = TransformerShape.for_mimi(m.decoder_transformer)
+        context = m.decoder_transformer.context
+        capacity = KVCache.ring_capacity(context, m.resample_stride * max_frames_per_call)
+        self.state = StateStore(
+            backend,
+            {
+                **conv_tr_upsample_state_shapes(m),
+                **seanet_state_shapes(seanet_decoder_plan(m.decoder_seanet)),
+                **kv_cache_specs(DECODER_TRANSFORMER, shape, capacity),
+            },
+        )
+        self._caches = layer_caches(self.state, DECODER_TRANSFORMER, shape)
+        self._kv = KVCache(capacity, context)
+        self._runner = GraphRunner(backend)
+        # torch.linspace(0, 1, n), as the reference's fade; 1 ulp from it at most
+        self._fade_in = np.linspace(0.0, 1.0, m.sample_rate // FADE_IN_RATE, dtype=np.float32)
+        self._fade_pending = True
+
+    def reset(self) -> None:
+        """Back to the start of a stream: zero state, position 0, fade-in on the next call."""
+        self.state.reset()
+        self._kv.reset()
+        self._fade_pending = True
+
+    @overload
+    def decode(self, latents: np.ndarray, stages: Literal[False] = False) -> np.ndarray: ...
+    @overload
+    def decode(self, latents: np.ndarray, stages: Literal[True]) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
+
+    def decode(
+        self, latents: np.ndarray, stages: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Normalised latents (n_frames, latent_dim) -> n_frames * frame_size float32 samples.
+
+        With `stages`, also the intermediates named as in the reference dump, each in the layout of one
+        reference call without the batch axis: mimi_dec_latent_in (n, latent_dim), mimi_dec_quantizer_out
+        (C, n), mimi_dec_upsample_out / mimi_dec_transformer_out (C, 16n), mimi_dec_seanet_out (samples,
+        before the fade-in).
+        """
+        x = self._check(latents)
+        m = self.cfg.mimi
+        steps = m.resample_stride * x.shape[0]
+        plan = self._kv.plan(steps)
+        w = self._weights
+
+        def build(g: Graph) -> dict[str, Tensor]:
+            ctx = g.ctx
+            std = weight(w, "flow_lm.emb_std", (m.latent_dim,))
+            mean = weight(w, "flow_lm.emb_mean", (m.latent_dim,))
+            z = ggml.ggml_add(ctx, ggml.ggml_mul(ctx, g.input("latents", x.shape), std), mean)
+            q = quantizer_output_proj(g, w, m, z)
+            up = conv_tr_upsample(g, w, m, q, self.state)
+            out = {"latent_in": z, "quantizer_out": q, "upsample_out": up} if stages else {}
+            attn = attention_inputs(g, plan, "attn")
+            (y,) = projected_transformer(
+                g, w, f"mimi.{DECODER_TRANSFORMER}", up, m.decoder_transformer, attn, self._caches
+            )
+            out["audio"] = seanet_decoder(g, w, m.decoder_seanet, y, self.state)
+            if stages:
+                out["transformer_out"] = y
+            return out
+
+        out = self._runner.run(build, {"latents": x})
+        self._kv.advance(steps)
+        audio = out["audio"].reshape(-1)
+        raw = audio.copy() if stages else None
+        if self._fade_pending:
+            n = min(self._fade_in.size, audio.size)
+            audio[:n] *= self._fade_in[:n]
+            self._fade_pending = False
+        if not stages:
+            return audio
+        n_frames = x.shape[0]
+        return audio, {
+            "mimi_dec_latent_in": out["latent_in"].reshape(n_frames, m.latent_dim),
+            "mimi_dec_quantizer_out": np.ascontiguousarray(out["quantizer_out"].reshape(n_frames, -1).T),
+            "mimi_dec_upsample_out": np.ascontiguousarray(out["upsample_out"].T),
+            "mimi_dec_transformer_out": np.ascontiguousarray(out["transformer_out"].T),
+            "mimi_dec_seanet_out": raw,
+        }
+
+    def _check(self, latents: np.ndarray) -> np.ndarray:
+        a = np.asarray(latents)
+        dim = self.cfg.mimi.latent_dim
+        if a.dtype.kind != "f" or a.ndim != 2 or a.shape[1] != dim:
+            raise LatentError(f"latents must be a float array (n_frames, {dim}), got {a.dtype} {a.shape}")
+        if not 1 <= a.shape[0] <= self.max_frames_per_call:
+            raise LatentError(f"{a.shape[0]} frames given; this decoder takes 1 to {self.max_frames_per_call} a call")
+        if not np.isfinite(a).all():
+            raise LatentError("latents hold NaN or infinite values")
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+    def close(self) -> None:
+        self._runner.close()
+        self.state.close()
+
+
+class MimiEncoder:
+    """Mimi encoder for voice prompts: prepared 24 kHz audio -> latents (T_latent, speaker_dim) at 12.5 Hz."""
+
+    def __init__(self, cfg: PocketConfig, weights: WeightStore, backend: CpuBackend) -> None:
+        encoder_tensors = set(expected_tensors(cfg, with_encoder=True)) - set(expected_tensors(cfg, with_encoder=False))
+        if any(gguf_name(n) not in weights for n in encoder_tensors):
+            raise ModelFileError(
+                "this model has no Mimi encoder (it was converted with --no-encoder): voice prompts from audio need it"
+            )
+        m = cfg.mimi
+        self.cfg = cfg
+        self.frame_size = m.frame_size
+        self._weights = weights
+        shape = TransformerShape.for_mimi(m.encoder_transformer)
+        stride = m.resample_stride
+        capacity = KVCache.ring_capacity(m.encoder_transformer.context, stride * ENCODER_CHUNK_FRAMES)
+        self._downsample_state = f"{DOWNSAMPLE}.previous"
+        self.state = StateStore(
+            backend,
+            {
+                **seanet_state_shapes(seanet_encoder_plan(m.encoder_seanet)),
+                **kv_cache_specs(ENCODER_TRANSFORMER, shape, capacity),
+                self._downsample_state: (conv1d_history(2 * stride, stride), m.encoder_seanet.dimension),
+            },
+        )
+        self._caches = layer_caches(self.state, ENCODER_TRANSFORMER, shape)
+        self._kv = KVCache(capacity, m.encoder_transformer.context)
+        self._runner = GraphRunner(backend)
+
+    @overload
+    def encode(self, audio: np.ndarray, stages: Literal[False] = False) -> np.ndarray: ...
+    @overload
+    def encode(self, audio: np.ndarray, stages: Literal[True]) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
+
+    def encode(self, audio: np.ndarray, stages: bool = False) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Prepared mono audio (a whole number of frames, e.g. from `prepare_voice_prompt`) -> latents.
+
+        With `stages`, also voice_mimi_seanet_out / voice_mimi_transformer_out (C, steps at 200 Hz) and
+        voice_mimi_latents (speaker_dim, T_latent), as in the reference dump without the batch axis.
+        """
+        wav = self._check(audio)
+        self.state.reset()
+        self._kv.reset()
+        chunk = ENCODER_CHUNK_FRAMES * self.frame_size
+        outs = [self._encode_chunk(wav[i : i + chunk], first=i == 0, stages=stages) for i in range(0, wav.size, chunk)]
+        latents = np.concatenate([o["latents"].reshape(-1, self.cfg.mimi.speaker_dim) for o in outs])
+        if not stages:
+            return latents
+        return latents, {
+            "voice_mimi_seanet_out": np.concatenate([o["seanet_out"] for o in outs]).T.copy(),
+            "voice_mimi_transformer_out": np.concatenate([o["transformer_out"] for o in outs]).T.copy(),
+            "voice_mimi_latents": latents.T.copy(),
+        }
+
+    def _encode_chunk(self, wav: np.ndarray, first: bool, stages: bool) -> dict[str, np.ndarray]:
+        m = self.cfg.mimi
+        w = self._weights
+        steps = wav.size // m.encoder_seanet.hop_length
+        plan = self._kv.plan(steps)
+        stride = m.resample_stride
+        previous = self.state[self._downsample_state]
+        history = conv1d_history(2 * stride, stride)
+
+        def build(g: Graph) -> dict[str, Tensor]:
+            emb = seanet_encoder(g, w, m.encoder_seanet, g.input("audio", (wav.size, 1)), self.state)
+            attn = attention_inputs(g, plan, "attn")
+            (y,) = projected_transformer(
+                g, w, f"mimi.{ENCODER_TRANSFORMER}", emb, m.encoder_transformer, attn, self._caches
+            )
+            if first:  # the reference pads the start by repeating the first step (pad_mode "replicate")
+                latents = conv_downsample(g, w, m, y)
+                g.expand(ggml.ggml_cpy(g.ctx, rows(g, y, steps - history, history), previous))
+            else:
+                kernel = weight(
+                    w, f"mimi.{DOWNSAMPLE}.conv.weight", (m.speaker_dim, m.encoder_seanet.dimension * 2 * stride)
+                )
+                latents = streaming_conv1d(g, y, kernel, None, kernel_size=2 * stride, stride=stride, previous=previous)
+            out = {"latents": latents}
+            if stages:
+                out |= {"seanet_out": emb, "transformer_out": y}
+            return out
+
+        out = self._runner.run(build, {"audio": wav[:, None]})
+        self._kv.advance(steps)
+        return out
+
+    def _check(self, audio: np.ndarray) -> np.ndarray:
+        a = np.asarray(audio)
+        if a.dtype.kind != "f" or a.ndim != 1:
+            raise AudioError(f"the encoder takes mono float audio (samples,), got {a.dtype} {a.shape}")
+        if a.size == 0 or a.size % self.frame_size:
+            raise AudioError(
+                f"the encoder takes a whole, non-zero number of {self.frame_size}-sample frames, got {a.size} "
+                "samples (prepare_voice_prompt pads to whole frames)"
+            )
+        if not np.isfinite(a).all():
+            raise AudioError("the audio holds NaN or infinite samples")
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+    def close(self) -> None:
+        self._runner.close()
+        self.state.close()

@@ -1,0 +1,126 @@
+"""A loaded pocket-tts GGUF and the pipeline around it: voice prompt -> FlowLM -> Mimi -> audio.
+
+Weights are mapped once and shared; the FlowLM and the Mimi decoder each have their own CPU backend
+(and thread count), so the two can run on separate threads (as the reference does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pocket_ggml.errors import PocketError
+from pocket_ggml.runtime.flow_lm import FlowLM, FlowLMSnapshot, sample_noise
+from pocket_ggml.runtime.generate import (
+    Frame,
+    NoiseSource,
+    estimate_max_frames,
+    frames_after_eos_for,
+    generate_latents,
+)
+from pocket_ggml.runtime.ggml_backend import CpuBackend
+from pocket_ggml.runtime.mimi import MimiDecoder, MimiEncoder
+from pocket_ggml.runtime.model_file import ModelFile
+from pocket_ggml.runtime.text import Tokenizer, prepare_text_prompt
+from pocket_ggml.voices.audio import prepare_voice_prompt
+
+
+class VoiceCloningUnavailable(PocketError):
+    """The model file was made without the Mimi encoder (`pocket-quantize --no-encoder`)."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    temperature: float
+    eos_threshold: float
+    noise_clamp: float | None = None
+    frames_after_eos: int | None = None  # None: the reference's guess from the text
+    max_frames: int | None = None  # None: the reference's cap from the token count
+
+
+class PocketRuntime:
+    def __init__(self, path: str | Path, threads: int = 1, mimi_threads: int = 1, decode_steps: int = 1):
+        self.file = ModelFile(path)
+        self.config = self.file.config
+        self.backend = CpuBackend(threads)
+        self.mimi_backend = CpuBackend(mimi_threads)
+        self.weights = self.file.load_weights(self.backend)
+        self.tokenizer = Tokenizer(self.file.tokenizer_bytes(), self.file.info.tokenizer_kind)
+        self.flow_lm = FlowLM(self.config, self.weights, self.backend, decode_steps)
+        self.mimi = MimiDecoder(self.config, self.weights, self.mimi_backend)
+        self._encoder: MimiEncoder | None = None
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.mimi.sample_rate
+
+    def defaults(self) -> GenerationSettings:
+        g = self.config.generation
+        return GenerationSettings(g.temperature, g.eos_threshold, None, g.frames_after_eos)
+
+    def encode_voice(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Mimi encoder latents (T, speaker_dim) of a voice prompt (mono samples at any rate)."""
+        if not self.file.info.has_encoder:
+            raise VoiceCloningUnavailable(
+                f"{self.file.path} has no Mimi encoder (made with --no-encoder): voice cloning needs a file with it"
+            )
+        if self._encoder is None:
+            self._encoder = MimiEncoder(self.config, self.weights, self.backend)
+        m = self.config.mimi
+        return self._encoder.encode(prepare_voice_prompt(audio, sample_rate, m.sample_rate, m.frame_size))
+
+    def voice_state(self, latents: np.ndarray) -> FlowLMSnapshot:
+        """The FlowLM cache after the voice prompt: what every text chunk starts from."""
+        self.flow_lm.voice_prompt(latents)
+        return self.flow_lm.snapshot()
+
+    def tokens(self, text: str) -> tuple[np.ndarray, int]:
+        """Token ids of one chunk of text after the model's text rules, and the words-based
+        frames-after-EOS guess."""
+        prepared = prepare_text_prompt(text, self.config.text)
+        return np.asarray(self.tokenizer.encode(prepared.text), dtype=np.int32), prepared.frames_after_eos_guess
+
+    def frames(
+        self, voice: FlowLMSnapshot, text: str, settings: GenerationSettings, noise: NoiseSource
+    ) -> Iterator[Frame]:
+        tokens, guess = self.tokens(text)
+        max_frames = settings.max_frames
+        if max_frames is None:
+            max_frames = estimate_max_frames(len(tokens), self.config.mimi.frame_rate)
+        return generate_latents(
+            self.flow_lm,
+            voice,
+            tokens,
+            noise,
+            eos_threshold=settings.eos_threshold,
+            frames_after_eos=frames_after_eos_for(guess, settings.frames_after_eos),
+            max_frames=max_frames,
+        )
+
+    def synthesize(
+        self,
+        voice: FlowLMSnapshot,
+        text: str,
+        settings: GenerationSettings,
+        noise: NoiseSource | None = None,
+        seed: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Audio chunks (one latent frame = frame_size samples each) for one chunk of text."""
+        if noise is None:
+            rng = np.random.default_rng(seed)
+            dim, temp, clamp = self.config.mimi.latent_dim, settings.temperature, settings.noise_clamp
+            noise = lambda: sample_noise(rng, dim, temp, clamp)  # noqa: E731
+        self.mimi.reset()
+        for frame in self.frames(voice, text, settings, noise):
+            yield self.mimi.decode(frame.latent[None, :])
+
+    def close(self) -> None:
+        self.mimi.close()
+        if self._encoder is not None:
+            self._encoder.close()
+        self.weights.close()
+        self.backend.close()
+        self.mimi_backend.close()
