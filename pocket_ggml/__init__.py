@@ -1,0 +1,19 @@
+"""pocket-ggml: Kyutai's Pocket TTS as a quantized GGML runtime.
+
+from pocket_ggml import TTSModel
+model = TTSModel.load_model()  # the synthetic default; or a .gguf / released .safetensors
+"""
+
+from pocket_ggml.api import BusyError, ParameterError, TTSModel
+from pocket_ggml.errors import PocketError
+from pocket_ggml.voices.state import VoiceState, load_voice_state, save_voice_state
+
+__all__ = [
+    "BusyError",
+    "ParameterError",
+    "PocketError",
+    "TTSModel",
+    "VoiceState",
+    "load_voice_state",
+    "save_voice_state",
+]

@@ -56,6 +56,20 @@ def save_synthetic_safetensors(cfg: PocketConfig, seed: int, path: Path) -> None
         raise
 
 
+def _parse_voices(specs: tuple[str, ...]) -> dict[str, str]:
+    from pocket_ggml.quantize.gguf_format import VOICE_NAME_RX
+
+    out = {}
+    for spec in specs:
+        vname, sep, path = spec.partition("=")
+        if not sep or not VOICE_NAME_RX.fullmatch(vname):
+            raise click.UsageError(f"--voice {spec!r}: expected NAME=FILE with NAME of [A-Za-z0-9_-], 1-40 characters")
+        if not Path(path).is_file():
+            raise CheckpointError(f"--voice {spec!r}: no such file")
+        out[vname] = path
+    return out
+
+
 def _summary(result: ConversionResult, report: bool) -> str:
     by_type: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for r in result.tensors:
@@ -121,6 +135,13 @@ def _summary(result: ConversionResult, report: bool) -> str:
 @click.option(
     "--save-safetensors", metavar="PATH", help="with --synthetic: also write the weights in the released layout"
 )
+@click.option(
+    "--voice",
+    "voices",
+    multiple=True,
+    metavar="NAME=FILE",
+    help="store a voice: an audio file to clone (needs the encoder) or a voice-state .safetensors",
+)
 @click.option("--name", help="general.name of the GGUF")
 @click.option("--list-configs", is_flag=True, help="list the released configs and exit")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
@@ -137,6 +158,7 @@ def main(
     synthetic,
     seed,
     save_safetensors,
+    voices,
     name,
     list_configs,
     quiet,
@@ -165,6 +187,7 @@ def main(
             synthetic,
             seed,
             save_safetensors,
+            voices,
             name,
             quiet,
         )
@@ -186,6 +209,7 @@ def _run(
     synthetic,
     seed,
     save_safetensors,
+    voices,
     name,
     quiet,
 ) -> None:
@@ -197,6 +221,7 @@ def _run(
         raise click.UsageError("--save-safetensors goes with --synthetic")
     mix = get_mix(mix_name)
     overrides = parse_overrides(tensor_types)
+    voice_sources = _parse_voices(voices)
     ckpt = None
     if synthetic is not None:
         if config:
@@ -218,21 +243,34 @@ def _run(
         save_synthetic_safetensors(cfg, seed, Path(save_safetensors))
     n_tensors = len(expected_tensors(cfg, with_encoder=not no_encoder))
     with click.progressbar(
-        length=n_tensors, label="quantizing", file=sys.stderr, hidden=quiet or not sys.stderr.isatty()
+        length=n_tensors * (2 if voice_sources else 1),
+        label="quantizing",
+        file=sys.stderr,
+        hidden=quiet or not sys.stderr.isatty(),
     ) as bar:
-        result = convert(
-            cfg,
-            output,
-            mix,
-            tok,
-            checkpoint=ckpt,
-            synthetic_seed=seed if synthetic is not None else None,
-            keep_encoder=not no_encoder,
-            overrides=overrides,
-            measure_error=report,
-            name=name,
-            progress=lambda _name: bar.update(1),
-        )
+
+        def write(path: Path, states):
+            return convert(
+                cfg,
+                path,
+                mix,
+                tok,
+                checkpoint=ckpt,
+                synthetic_seed=seed if synthetic is not None else None,
+                keep_encoder=not no_encoder,
+                overrides=overrides,
+                measure_error=report,
+                name=name,
+                progress=lambda _name: bar.update(1),
+                voices=states,
+            )
+
+        if voice_sources:
+            from pocket_ggml.voices.store import convert_with_voices
+
+            result = convert_with_voices(write, Path(output), voice_sources)
+        else:
+            result = write(Path(output), None)
     click.echo(_summary(result, report))
 
 

@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +23,14 @@ from gguf import GGMLQuantizationType, GGUFWriter, quants
 from pocket_ggml.errors import OutputError, TokenizerError
 from pocket_ggml.quantize.checkpoint import SafetensorsCheckpoint, check_against_config
 from pocket_ggml.quantize.config import PocketConfig
-from pocket_ggml.quantize.gguf_format import ARCH, TOKENIZER_TENSOR, FileInfo, write_metadata
+from pocket_ggml.quantize.gguf_format import (
+    ARCH,
+    TOKENIZER_TENSOR,
+    VOICE_NAME_RX,
+    FileInfo,
+    voice_tensor_name,
+    write_metadata,
+)
 from pocket_ggml.quantize.names import expected_tensors, from_released, stored_shape, to_stored_layout
 from pocket_ggml.quantize.policy import Mix, choose_type, type_nbytes
 from pocket_ggml.quantize.synthetic import synthetic_tensors
@@ -147,8 +154,14 @@ def convert(
     measure_error: bool = False,
     name: str | None = None,
     progress: ProgressFn | None = None,
+    voices: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> ConversionResult:
-    """Write `cfg`'s weights from `checkpoint` (or synthetic ones made with `synthetic_seed`)."""
+    """Write `cfg`'s weights from `checkpoint` (or synthetic ones made with `synthetic_seed`), and
+    the named voice states `voices` (FlowLM K and V caches, each (layers, rows, kv_dim) F32)."""
+    voices = dict(voices or {})
+    for vname, (k, v) in voices.items():
+        if not VOICE_NAME_RX.fullmatch(vname) or k.shape != v.shape or k.ndim != 3:
+            raise ValueError(f"bad voice {vname!r}: names are [A-Za-z0-9_-]{{1,40}}, K and V (layers, rows, kv_dim)")
     if (checkpoint is None) == (synthetic_seed is None):
         raise ValueError("give exactly one of checkpoint and synthetic_seed")
     t0 = time.perf_counter()
@@ -179,13 +192,16 @@ def convert(
         synthetic_seed=synthetic_seed,
         has_encoder=with_encoder,
         tokenizer_kind=tokenizer.kind,
-        voice_names=(),
+        voice_names=tuple(voices),
     )
     writer = GGUFWriter(path=None, arch=ARCH)
     write_metadata(writer, cfg, info, int(mix.file_type))
     for r in records:
         writer.add_tensor_info(r.gguf_name, r.shape, np.dtype(np.float32), r.n_bytes, raw_dtype=r.qtype)
     writer.add_tensor_info(TOKENIZER_TENSOR, (len(tokenizer.data),), np.dtype(np.int8), len(tokenizer.data))
+    for vname, (k, v) in voices.items():
+        for kind, arr in (("k", k), ("v", v)):
+            writer.add_tensor_info(voice_tensor_name(vname, kind), arr.shape, np.dtype(np.float32), arr.size * 4)
 
     source = (
         ((n, checkpoint.tensor(n)) for n in shapes)
@@ -208,6 +224,9 @@ def convert(
             if progress:
                 progress(rec.gguf_name)
         writer.write_tensor_data(np.frombuffer(tokenizer.data, dtype=np.int8))
+        for k, v in voices.values():
+            writer.write_tensor_data(np.ascontiguousarray(k, dtype=np.float32))
+            writer.write_tensor_data(np.ascontiguousarray(v, dtype=np.float32))
         writer.flush()
         os.fsync(writer.fout[0].fileno())
         writer.close()

@@ -13,6 +13,7 @@ Non-weight payloads are tensors, so they are memory-mapped rather than parsed el
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,12 @@ ARCH = "pocket-tts"
 FORMAT_VERSION = 1
 TOKENIZER_TENSOR = "tokenizer.data"
 VOICE_TENSOR_PREFIX = "voice."
+VOICE_NAME_RX = re.compile(r"[A-Za-z0-9_-]{1,40}")
+
+
+def voice_tensor_name(voice: str, kind: str) -> str:
+    """`voice.{name}.k` / `.v`: a stored voice state's FlowLM K / V cache, (layers, rows, kv_dim) F32."""
+    return f"{VOICE_TENSOR_PREFIX}{voice}.{kind}"
 
 
 class Keys:

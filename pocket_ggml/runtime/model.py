@@ -6,7 +6,7 @@ Weights are mapped once and shared; the FlowLM and the Mimi decoder each have th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +84,12 @@ class PocketRuntime:
         return np.asarray(self.tokenizer.encode(prepared.text), dtype=np.int32), prepared.frames_after_eos_guess
 
     def frames(
-        self, voice: FlowLMSnapshot, text: str, settings: GenerationSettings, noise: NoiseSource
+        self,
+        voice: FlowLMSnapshot,
+        text: str,
+        settings: GenerationSettings,
+        noise: NoiseSource,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> Iterator[Frame]:
         tokens, guess = self.tokens(text)
         max_frames = settings.max_frames
@@ -98,6 +103,7 @@ class PocketRuntime:
             eos_threshold=settings.eos_threshold,
             frames_after_eos=frames_after_eos_for(guess, settings.frames_after_eos),
             max_frames=max_frames,
+            should_stop=should_stop,
         )
 
     def synthesize(

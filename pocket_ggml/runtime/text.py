@@ -26,27 +26,40 @@ class TextError(PocketError):
 
 
 class Tokenizer:
-    """The model's SentencePiece tokenizer, from the bytes embedded in the GGUF."""
+    """The model's tokenizer, from the bytes embedded in the GGUF: SentencePiece, or a
+    `tokenizer.json` (the released english models; needs the optional `tokenizers` package)."""
 
     def __init__(self, data: bytes, kind: str = "sentencepiece"):
+        if kind == "tokenizers":
+            try:
+                import tokenizers
+            except ImportError:
+                raise TokenizerError("this model's tokenizer.json needs the `tokenizers` package") from None
+            try:
+                tok = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, Exception):  # tokenizers raises its own Exception type
+                raise TokenizerError("the embedded tokenizer.json is unreadable") from None
+            self._encode = lambda text: tok.encode(text).ids
+            self._decode = tok.decode
+            self.vocab_size = tok.get_vocab_size()
+            return
         if kind != "sentencepiece":
-            raise TokenizerError(f"tokenizer kind {kind!r} is not supported by this runtime (SentencePiece only)")
+            raise TokenizerError(f"unknown tokenizer kind {kind!r}")
         import sentencepiece
 
         try:
-            self._sp = sentencepiece.SentencePieceProcessor(model_proto=data)
+            sp = sentencepiece.SentencePieceProcessor(model_proto=data)
         except (RuntimeError, TypeError, ValueError):
             raise TokenizerError("the embedded tokenizer is not a SentencePiece model") from None
-
-    @property
-    def vocab_size(self) -> int:
-        return self._sp.vocab_size()
+        self._encode = lambda text: sp.encode(text, out_type=int)
+        self._decode = sp.decode
+        self.vocab_size = sp.vocab_size()
 
     def encode(self, text: str) -> list[int]:
-        return self._sp.encode(text, out_type=int)
+        return self._encode(text)
 
     def decode(self, tokens: list[int]) -> str:
-        return self._sp.decode(tokens)
+        return self._decode(tokens)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,317 @@
+"""`TTSModel`: the official `pocket_tts.TTSModel` API on the GGML runtime.
+
+Switching from the official package is an import change:
+
+    from pocket_ggml import TTSModel
+    model = TTSModel.load_model()                      # or a .gguf, a released .safetensors, a model name
+    voice = model.get_state_for_audio_prompt("me.wav")  # or (samples, rate), a stored voice name, a .safetensors state
+    audio = model.generate_audio(voice, "Hello world.")  # float32 numpy at model.sample_rate
+
+Long text is split into sentence chunks (<= 50 tokens by default), each generated from a fresh copy
+of the voice state. `generate_audio_stream` runs the FlowLM and the Mimi decoder on two threads and
+yields each 80 ms chunk as soon as it is decoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pocket_ggml.errors import PocketError
+from pocket_ggml.runtime.flow_lm import sample_noise
+from pocket_ggml.runtime.model import GenerationSettings, PocketRuntime
+from pocket_ggml.runtime.text import MAX_TOKENS_PER_CHUNK, split_into_best_sentences
+from pocket_ggml.voices.state import VoiceState, VoiceStateError, load_voice_state, save_voice_state
+from pocket_ggml.voices.store import resolve_model, stored_voice
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TTSModel", "VoiceState", "save_voice_state", "load_voice_state"]
+
+
+class BusyError(PocketError):
+    """One TTSModel used by two generations at once (use one instance per thread)."""
+
+
+class ParameterError(PocketError):
+    """A generation parameter out of range (NaN or negative temperature, threads < 1, ...)."""
+
+
+_MAX_THREADS = 64
+
+
+def _check_threads(name: str, n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _MAX_THREADS:
+        raise ParameterError(f"{name} must be an integer from 1 to {_MAX_THREADS}, got {n!r}")
+    return n
+
+
+def _check_float(name: str, x: float | None, *, allow_inf: bool = False, minimum: float | None = None) -> float | None:
+    if x is None:
+        return None
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name} must be a number, got {x!r}") from None
+    if np.isnan(x) or (np.isinf(x) and not allow_inf) or (minimum is not None and x < minimum):
+        raise ParameterError(f"{name} must be a {'' if allow_inf else 'finite '}number >= {minimum}, got {x}")
+    return x
+
+
+class TTSModel:
+    """A loaded model. Construct it with `TTSModel.load_model(...)`."""
+
+    def __init__(self, runtime: PocketRuntime, settings: GenerationSettings, max_tokens: int, seed: int | None):
+        self._rt = runtime
+        self._settings = settings
+        self._max_tokens = max_tokens
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load_model(
+        cls,
+        model: str | Path | None = None,
+        *,
+        threads: int = 1,
+        mimi_threads: int = 1,
+        temp: float | None = None,
+        lsd_decode_steps: int = 1,
+        noise_clamp: float | None = None,
+        eos_threshold: float | None = None,
+        frames_after_eos: int | None = None,
+        max_tokens: int = MAX_TOKENS_PER_CHUNK,
+        seed: int | None = None,
+        config: str | None = None,
+        tokenizer: str | Path | None = None,
+        quantization: str = "Q4_K_M",
+    ) -> TTSModel:
+        """`model`: a pocket-tts GGUF; a released `model.safetensors` (converted on first use to
+        `quantization` and cached; give `config` unless the file names it, and `tokenizer`); a
+        released model name (downloaded with huggingface_hub when installed and online); or None
+        for the embedded default, a synthetic english model (not speech) made on first use.
+        `temp` and `eos_threshold` default to the model's own values (0.3 and -4.0 for english)."""
+        _check_threads("threads", threads)
+        _check_threads("mimi_threads", mimi_threads)
+        if (
+            isinstance(lsd_decode_steps, bool)
+            or not isinstance(lsd_decode_steps, int)
+            or not 1 <= lsd_decode_steps <= 64
+        ):
+            raise ParameterError(f"lsd_decode_steps must be an integer from 1 to 64, got {lsd_decode_steps!r}")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ParameterError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        temp = _check_float("temp", temp, minimum=0.0)
+        noise_clamp = _check_float("noise_clamp", noise_clamp, minimum=0.0)
+        eos_threshold = _check_float("eos_threshold", eos_threshold, allow_inf=True)
+        if frames_after_eos is not None and (not isinstance(frames_after_eos, int) or frames_after_eos < 0):
+            raise ParameterError(f"frames_after_eos must be a non-negative integer, got {frames_after_eos!r}")
+        if noise_clamp is not None and noise_clamp == 0:
+            raise ParameterError("noise_clamp must be positive (or None)")
+        path = resolve_model(model, config=config, tokenizer=tokenizer, quantization=quantization)
+        rt = PocketRuntime(path, threads=threads, mimi_threads=mimi_threads, decode_steps=lsd_decode_steps)
+        d = rt.defaults()
+        settings = GenerationSettings(
+            temperature=d.temperature if temp is None else temp,
+            eos_threshold=d.eos_threshold if eos_threshold is None else eos_threshold,
+            noise_clamp=noise_clamp,
+            frames_after_eos=d.frames_after_eos if frames_after_eos is None else frames_after_eos,
+        )
+        if rt.file.info.weights_kind == "synthetic":
+            logger.warning("%s holds synthetic weights: its output is not speech", path)
+        return cls(rt, settings, max_tokens, seed)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def sample_rate(self) -> int:
+        return self._rt.sample_rate
+
+    @property
+    def is_synthetic(self) -> bool:
+        """True when the weights are seeded random ones (pocket-quantize --synthetic): not speech."""
+        return self._rt.file.info.weights_kind == "synthetic"
+
+    @property
+    def has_voice_cloning(self) -> bool:
+        return self._rt.file.info.has_encoder
+
+    @property
+    def voice_names(self) -> tuple[str, ...]:
+        """Voices stored in the model file."""
+        return self._rt.file.info.voice_names
+
+    @property
+    def model_path(self) -> Path:
+        return self._rt.file.path
+
+    @property
+    def config(self):
+        return self._rt.config
+
+    # ------------------------------------------------------------------ voices
+    def get_state_for_audio_prompt(
+        self, audio_conditioning: str | Path | np.ndarray, sample_rate: int | None = None, truncate: bool = False
+    ) -> VoiceState:
+        """A voice state from an audio file (any format soundfile reads, any rate and channels),
+        samples + `sample_rate`, a voice stored in the model, or a saved voice-state .safetensors."""
+        from pocket_ggml.voices.audio import AudioError, read_audio
+
+        if isinstance(audio_conditioning, np.ndarray):
+            if sample_rate is None:
+                raise AudioError("give the sample_rate of the samples")
+            wav, rate = _mono(audio_conditioning), int(sample_rate)
+            source = "samples"
+        else:
+            name = str(audio_conditioning)
+            if name in self.voice_names:
+                return self._checked(stored_voice(self._rt.file, name))
+            p = Path(name)
+            if p.suffix == ".safetensors":
+                return self._checked(load_voice_state(p))
+            if not p.is_file():
+                raise AudioError(
+                    f"{name!r} is neither an audio file nor a voice of this model"
+                    + (f" (stored voices: {', '.join(self.voice_names)})" if self.voice_names else "")
+                )
+            wav, rate = read_audio(p)
+            source = str(p)
+        if not 1000 <= rate <= 384000:
+            raise AudioError(f"sample rate {rate} Hz is out of range")
+        if truncate:
+            wav = wav[: 30 * rate]
+        with self._exclusive():
+            latents = self._rt.encode_voice(wav, rate)
+            return VoiceState(self._rt.voice_state(latents), source=source)
+
+    def _checked(self, state: VoiceState) -> VoiceState:
+        shape = self._rt.flow_lm.shape
+        if state.num_layers != shape.num_layers or state.kv_dim != shape.attention.kv_dim:
+            raise VoiceStateError(
+                f"voice state for {state.num_layers} layers x {state.kv_dim} does not fit this model "
+                f"({shape.num_layers} x {shape.attention.kv_dim})"
+            )
+        return state
+
+    # ------------------------------------------------------------------ generation
+    def generate_audio(self, model_state: VoiceState, text_to_generate: str, **kwargs) -> np.ndarray:
+        """The whole audio (float32, `sample_rate`) of `text_to_generate` in the voice of `model_state`."""
+        chunks = list(self.generate_audio_stream(model_state, text_to_generate, **kwargs))
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+    def generate_audio_stream(
+        self,
+        model_state: VoiceState,
+        text_to_generate: str,
+        *,
+        max_tokens: int | None = None,
+        frames_after_eos: int | None = None,
+        stop: threading.Event | None = None,
+        seed: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Audio chunks (one latent frame, 80 ms, each) as they are decoded. The FlowLM runs on a
+        worker thread one frame ahead of the Mimi decoder; setting `stop` ends within a frame."""
+        if not isinstance(model_state, VoiceState):
+            raise VoiceStateError("model_state must come from get_state_for_audio_prompt or load_voice_state")
+        self._checked(model_state)
+        if not isinstance(text_to_generate, str):
+            raise ParameterError("the text must be a string")
+        max_tokens = self._max_tokens if max_tokens is None else max_tokens
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ParameterError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        stop = stop or threading.Event()
+        rng = self._rng if seed is None else np.random.default_rng(seed)
+        settings = self._settings
+        if frames_after_eos is not None:
+            settings = GenerationSettings(
+                settings.temperature, settings.eos_threshold, settings.noise_clamp, frames_after_eos
+            )
+        chunks = split_into_best_sentences(self._rt.tokenizer, text_to_generate, self._rt.config.text, max_tokens)
+        return self._stream(model_state, chunks, settings, rng, stop)
+
+    def _stream(
+        self,
+        voice: VoiceState,
+        chunks: list[str],
+        settings: GenerationSettings,
+        rng: np.random.Generator,
+        stop: threading.Event,
+    ) -> Iterator[np.ndarray]:
+        with self._exclusive():
+            dim = self._rt.config.mimi.latent_dim
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                latents: queue.Queue = queue.Queue(maxsize=4)
+                failure: list[BaseException] = []
+                halt = threading.Event()  # this chunk is over: the consumer stopped or left
+
+                def produce(text: str = chunk) -> None:
+                    try:
+                        noise = lambda: sample_noise(rng, dim, settings.temperature, settings.noise_clamp)  # noqa: E731
+                        halted = lambda: halt.is_set() or stop.is_set()  # noqa: E731
+                        for frame in self._rt.frames(voice.snapshot, text, settings, noise, should_stop=halted):
+                            latents.put(frame.latent)
+                    except BaseException as e:  # handed to the consumer, raised there
+                        failure.append(e)
+                    finally:
+                        latents.put(None)
+
+                worker = threading.Thread(target=produce, name="pocket-flow-lm", daemon=True)
+                self._rt.mimi.reset()
+                worker.start()
+                try:
+                    while (latent := latents.get()) is not None and not stop.is_set():
+                        yield self._rt.mimi.decode(latent[None, :])
+                finally:
+                    halt.set()
+                    _drain(latents, worker)
+                if failure:
+                    raise failure[0]
+
+    def _exclusive(self):
+        model = self
+
+        class _Guard:
+            def __enter__(self):
+                if not model._lock.acquire(blocking=False):
+                    raise BusyError("this TTSModel is already generating; use one instance per thread")
+
+            def __exit__(self, *exc):
+                model._lock.release()
+
+        return _Guard()
+
+    def close(self) -> None:
+        self._rt.close()
+
+
+def _drain(latents: queue.Queue, worker: threading.Thread) -> None:
+    """Let the FlowLM worker finish (it stops before its next frame once halted)."""
+    while worker.is_alive():
+        try:
+            latents.get(timeout=0.05)
+        except queue.Empty:
+            pass
+    worker.join()
+
+
+def _mono(samples: np.ndarray) -> np.ndarray:
+    from pocket_ggml.voices.audio import AudioError
+
+    a = np.asarray(samples)
+    if a.dtype.kind not in "fiu":
+        raise AudioError(f"samples of dtype {a.dtype} are not audio")
+    if a.dtype.kind in "iu":  # integer PCM to [-1, 1)
+        a = a.astype(np.float32) / float(np.iinfo(a.dtype).max + 1)
+    a = a.astype(np.float32)
+    if a.ndim == 2:  # (samples, channels) as soundfile gives them, or (channels, samples) as torch
+        a = a.mean(axis=1 if a.shape[0] >= a.shape[1] else 0)
+    if a.ndim != 1:
+        raise AudioError(f"samples of shape {a.shape} are not mono or (samples, channels) audio")
+    return a

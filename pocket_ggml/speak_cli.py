@@ -1,0 +1,188 @@
+"""`pocket-speak`: text -> speech with a pocket-tts GGUF (a thin wrapper over `TTSModel`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+
+import click
+import numpy as np
+
+from pocket_ggml.errors import PocketError
+
+_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
+
+
+def _pcm16(chunk: np.ndarray) -> bytes:
+    return (np.clip(chunk, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+def _write_audio(path: Path, audio: np.ndarray, rate: int) -> None:
+    """soundfile, atomically: an interrupted write leaves any previous file intact."""
+    import soundfile as sf
+
+    from pocket_ggml.quantize.convert import atomic_output
+
+    fmt = _FORMATS[path.suffix.lower()]
+    if not path.parent.is_dir():
+        raise PocketError(f"folder {str(path.parent)!r} does not exist")
+    tmp = atomic_output(path)
+    try:
+        sf.write(str(tmp), audio, rate, format=fmt, subtype="VORBIS" if fmt == "OGG" else "PCM_16")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--text", help="the text to speak (default: read standard input)")
+@click.option("--voice", help="audio file to clone, a voice stored in the model, or a voice-state .safetensors")
+@click.option("--model", help="pocket-tts GGUF (default: the synthetic english model, not speech)")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="write a .wav, .flac or .ogg file")
+@click.option(
+    "--stream", is_flag=True, help="raw 16-bit PCM on stdout as it is made; with stdin, speak each line as it arrives"
+)
+@click.option("--temperature", "--temp", "temp", type=float, help="sampling temperature (default: the model's)")
+@click.option("--lsd-decode-steps", type=int, default=1, show_default=True)
+@click.option("--eos-threshold", type=float, help="EOS logit threshold (default: the model's)")
+@click.option("--noise-clamp", type=float, help="truncate the sampling noise to +-this")
+@click.option("--frames-after-eos", type=int, help="frames generated after EOS (default: from the text)")
+@click.option("--max-tokens", type=int, default=50, show_default=True, help="tokens per text chunk")
+@click.option("--seed", type=int, help="seed of the sampling noise")
+@click.option("--threads", type=int, default=1, show_default=True, help="ggml threads of the FlowLM")
+@click.option("--mimi-threads", type=int, default=1, show_default=True, help="ggml threads of the Mimi decoder")
+@click.option("--list-voices", is_flag=True, help="list the voices stored in the model and exit")
+@click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
+def main(
+    text,
+    voice,
+    model,
+    output,
+    stream,
+    temp,
+    lsd_decode_steps,
+    eos_threshold,
+    noise_clamp,
+    frames_after_eos,
+    max_tokens,
+    seed,
+    threads,
+    mimi_threads,
+    list_voices,
+    quiet,
+) -> None:
+    """Speak TEXT with Pocket TTS through GGML.
+
+    \b
+      pocket-speak --text "Hello world." -o hello.wav
+      llm-chat | pocket-speak --stream --voice me.wav | aplay -f S16_LE -r 24000
+    """
+    logging.basicConfig(level=logging.ERROR, format="%(message)s")
+    try:
+        _run(
+            text,
+            voice,
+            model,
+            output,
+            stream,
+            temp,
+            lsd_decode_steps,
+            eos_threshold,
+            noise_clamp,
+            frames_after_eos,
+            max_tokens,
+            seed,
+            threads,
+            mimi_threads,
+            list_voices,
+            quiet,
+        )
+    except PocketError as e:
+        click.echo(f"pocket-speak: error: {e}", err=True)
+        sys.exit(2)
+    except BrokenPipeError:  # the player went away: stop quietly
+        sys.stderr.close()
+        sys.exit(0)
+
+
+def _run(
+    text,
+    voice,
+    model,
+    output,
+    stream,
+    temp,
+    lsd_decode_steps,
+    eos_threshold,
+    noise_clamp,
+    frames_after_eos,
+    max_tokens,
+    seed,
+    threads,
+    mimi_threads,
+    list_voices,
+    quiet,
+) -> None:
+    from pocket_ggml.api import TTSModel
+
+    if not list_voices and not output and not stream:
+        raise click.UsageError("give -o FILE or --stream")
+    if output and Path(output).suffix.lower() not in _FORMATS:
+        raise click.UsageError(f"-o must end in {', '.join(_FORMATS)}")
+    tts = TTSModel.load_model(
+        model,
+        threads=threads,
+        mimi_threads=mimi_threads,
+        temp=temp,
+        lsd_decode_steps=lsd_decode_steps,
+        noise_clamp=noise_clamp,
+        eos_threshold=eos_threshold,
+        frames_after_eos=frames_after_eos,
+        max_tokens=max_tokens,
+        seed=seed,
+    )
+    if list_voices:
+        click.echo("\n".join(tts.voice_names) if tts.voice_names else "(no stored voices)")
+        return
+    if tts.is_synthetic and not quiet:
+        click.echo(f"pocket-speak: {tts.model_path.name} has synthetic weights: the output is not speech", err=True)
+    if voice is None:
+        if not tts.voice_names:
+            raise PocketError("this model stores no voice: give --voice (an audio file to clone)")
+        voice = tts.voice_names[0]
+    state = tts.get_state_for_audio_prompt(voice)
+
+    if stream and text is None:  # speak each line of stdin as it arrives
+        out = sys.stdout.buffer
+        for line in sys.stdin:
+            if line.strip():
+                for chunk in tts.generate_audio_stream(state, line):
+                    out.write(_pcm16(chunk))
+                    out.flush()
+        return
+    if text is None:
+        text = sys.stdin.read()
+    chunks = []
+    stop = threading.Event()
+    frames = 0
+    for chunk in tts.generate_audio_stream(state, text, stop=stop):
+        frames += 1
+        if stream:
+            sys.stdout.buffer.write(_pcm16(chunk))
+            sys.stdout.buffer.flush()
+        if output:
+            chunks.append(chunk)
+        if not quiet and frames % 25 == 0:
+            click.echo(f"\rpocket-speak: {frames * len(chunk) / tts.sample_rate:.1f} s of audio", err=True, nl=False)
+    if not quiet and frames >= 25:
+        click.echo("", err=True)
+    if output:
+        _write_audio(Path(output), np.concatenate(chunks) if chunks else np.zeros(0, np.float32), tts.sample_rate)
+
+
+if __name__ == "__main__":
+    main()
