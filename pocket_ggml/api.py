@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pocket_ggml.errors import PocketError
+from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.runtime.flow_lm import sample_noise
 from pocket_ggml.runtime.model import GenerationSettings, PocketRuntime
 from pocket_ggml.runtime.text import MAX_TOKENS_PER_CHUNK, split_into_best_sentences
@@ -43,6 +44,8 @@ class ParameterError(PocketError):
 
 
 _MAX_THREADS = 64
+TRUNCATE_SECONDS = 30  # the reference's truncate=True
+MAX_PROMPT_SECONDS = 120  # a longer prompt adds nothing to the voice and takes a while to encode
 
 
 def _check_threads(name: str, n: int) -> int:
@@ -114,6 +117,7 @@ class TTSModel:
             raise ParameterError(f"frames_after_eos must be a non-negative integer, got {frames_after_eos!r}")
         if noise_clamp is not None and noise_clamp == 0:
             raise ParameterError("noise_clamp must be positive (or None)")
+        get_mix(quantization)  # a typo fails at once, not only when a checkpoint needs converting
         path = resolve_model(model, config=config, tokenizer=tokenizer, quantization=quantization)
         rt = PocketRuntime(path, threads=threads, mimi_threads=mimi_threads, decode_steps=lsd_decode_steps)
         d = rt.defaults()
@@ -184,7 +188,12 @@ class TTSModel:
         if not 1000 <= rate <= 384000:
             raise AudioError(f"sample rate {rate} Hz is out of range")
         if truncate:
-            wav = wav[: 30 * rate]
+            wav = wav[: TRUNCATE_SECONDS * rate]
+        if wav.size > MAX_PROMPT_SECONDS * rate:
+            raise AudioError(
+                f"the voice prompt lasts {wav.size / rate:.0f} s; prompts are limited to {MAX_PROMPT_SECONDS} s "
+                f"(truncate=True keeps the first {TRUNCATE_SECONDS} s, as the reference's truncate does)"
+            )
         with self._exclusive():
             latents = self._rt.encode_voice(wav, rate)
             return VoiceState(self._rt.voice_state(latents), source=source)
