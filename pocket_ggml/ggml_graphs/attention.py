@@ -1,10 +1,13 @@
 """StreamingMultiheadAttention (pocket_tts/modules/attention.py) and RoPE (modules/rope.py).
 
-The K/V cache of a layer is two persistent ggml tensors of shape (capacity, kv_dim) in a
-`StateStore`. New rows are written into slots with `ggml_set_rows`, and attention reads the cache
-through views of that write, so the write always runs first. Slots form a ring: slot = position
-% capacity. FlowLM's cache never wraps (its capacity covers the whole sequence); the Mimi
-transformers' caches wrap, so their memory is bounded by the context window, not the audio length.
+The K/V cache of a layer is two persistent ggml tensors in a `StateStore`: K (capacity, kv_dim)
+and V transposed, (kv_dim, capacity), so that both attention products are plain matmuls with the
+slots as the contracted axis (ggml's CPU flash attention walks the keys one at a time: 5-10x slower
+at our sizes). New rows are written into slots with `ggml_set_rows` (V one element per slot and
+channel), and attention reads the cache through views of that write, so the write always runs
+first. Slots form a ring: slot = position % capacity. FlowLM's cache never wraps (its capacity
+covers the whole sequence); the Mimi transformers' caches wrap, so their memory is bounded by the
+context window, not the audio length.
 
 Which slots a query may see is an F16 mask built in numpy from absolute positions (the
 reference's `_build_attention_mask`): key position p is visible from query position q iff
@@ -74,7 +77,7 @@ class AttentionInputs:
 
 @dataclass(frozen=True)
 class LayerKV:
-    """One layer's persistent cache tensors, each (capacity, kv_dim)."""
+    """One layer's persistent cache tensors: k (capacity, kv_dim), v transposed (kv_dim, capacity)."""
 
     k: Tensor
     v: Tensor
@@ -121,7 +124,10 @@ class KVCache:
             return self.capacity - self.offset
         return self.capacity - min(self.offset, self.context - 1)
 
-    def plan(self, n_rows: int) -> AttentionPlan:
+    def plan(self, n_rows: int, min_keys: int = 0) -> AttentionPlan:
+        """Where `n_rows` new rows go and what they see. Attention reads the first
+        max(offset + n_rows, min_keys) slots (at most all): slots not written yet are masked, so a
+        graph can keep its shape while the cache fills (they must hold finite values, e.g. zeros)."""
         if not 1 <= n_rows <= self.max_rows():
             raise ValueError(
                 f"{n_rows} new rows do not fit a KV cache of {self.capacity} slots at offset "
@@ -129,7 +135,7 @@ class KVCache:
             )
         end = self.offset + n_rows
         pos = np.arange(self.offset, end, dtype=np.int32)
-        n_keys = min(self.capacity, end)
+        n_keys = min(self.capacity, max(end, min_keys))
         slots = np.arange(n_keys, dtype=np.int64)
         # The latest position written to each slot once this call's rows are in.
         slot_pos = slots + self.capacity * ((end - 1 - slots) // self.capacity)
@@ -143,13 +149,25 @@ class KVCache:
         self.offset = 0
 
 
-def attention_inputs(g: Graph, plan: AttentionPlan, name: str) -> AttentionInputs:
-    """Feed a plan's positions, slots and mask into the graph under `name.*`."""
-    slots = None if plan.slots is None else g.feed(f"{name}.slots", plan.slots)
+def attention_arrays(plan: AttentionPlan, name: str) -> dict[str, np.ndarray]:
+    """A plan's positions, slots and mask as graph inputs named `name.*`."""
+    arrays = {f"{name}.pos": plan.positions, f"{name}.mask": plan.mask}
+    if plan.slots is not None:
+        arrays[f"{name}.slots"] = plan.slots
+    return arrays
+
+
+def attention_inputs(g: Graph, plan: AttentionPlan, name: str, feed: bool = True) -> AttentionInputs:
+    """A plan's positions, slots and mask in the graph under `name.*`: fed now, or with `feed`
+    False declared as inputs to pass at run time (`attention_arrays`), as a kept graph needs."""
+    tensors = {
+        key: g.feed(key, a) if feed else g.input(key, a.shape, a.dtype)
+        for key, a in attention_arrays(plan, name).items()
+    }
     return AttentionInputs(
-        positions=g.feed(f"{name}.pos", plan.positions),
-        slots=slots,
-        mask=g.feed(f"{name}.mask", plan.mask),
+        positions=tensors[f"{name}.pos"],
+        slots=tensors.get(f"{name}.slots"),
+        mask=tensors[f"{name}.mask"],
         n_rows=plan.n_rows,
         n_keys=plan.n_keys,
     )
@@ -186,33 +204,40 @@ def streaming_attention(
 
     qkv = ggml.ggml_mul_mat(ctx, w_in, x)  # (T, q | k | v)
     el, row = tensor_nb(qkv)[:2]
+    v_offset = (attn_dim + kv_dim) * el
     q = ggml.ggml_view_3d(ctx, qkv, d, s.num_heads, n, d * el, row, 0)
     k = ggml.ggml_view_3d(ctx, qkv, d, s.num_kv_heads, n, d * el, row, attn_dim * el)
     q = rope_interleaved(ctx, q, inputs.positions, s.max_period)
     k = rope_interleaved(ctx, k, inputs.positions, s.max_period)
     if cache is None:
         keys = k
-        values = ggml.ggml_view_3d(ctx, qkv, d, s.num_kv_heads, n, d * el, row, (attn_dim + kv_dim) * el)
+        values = ggml.ggml_view_3d(ctx, qkv, d, s.num_kv_heads, n, d * el, row, v_offset)
+        values_t = ggml.ggml_cont(ctx, ggml.ggml_permute(ctx, values, 1, 2, 0, 3))  # (H, D, T)
     else:
-        for t in (cache.k, cache.v):
-            ne = tensor_ne(t)
-            if ne[0] != kv_dim or ne[1] < inputs.n_keys or ne[2:] != (1, 1):
-                raise ValueError(f"{prefix}: cache ne {ne} cannot hold {inputs.n_keys} x {kv_dim}")
-        v_rows = ggml.ggml_view_2d(ctx, qkv, kv_dim, n, row, (attn_dim + kv_dim) * el)
+        capacity = tensor_ne(cache.k)[1]
+        if tensor_ne(cache.k) != (kv_dim, capacity, 1, 1) or tensor_ne(cache.v) != (capacity, kv_dim, 1, 1):
+            raise ValueError(
+                f"{prefix}: cache ne {list(tensor_ne(cache.k))} / {list(tensor_ne(cache.v))}, expected "
+                f"[{kv_dim}, capacity] / [capacity, {kv_dim}]"
+            )
+        if capacity < inputs.n_keys:
+            raise ValueError(f"{prefix}: a cache of {capacity} slots cannot hold {inputs.n_keys} keys")
         k_cache = ggml.ggml_set_rows(ctx, cache.k, ggml.ggml_reshape_2d(ctx, k, kv_dim, n), inputs.slots)
-        v_cache = ggml.ggml_set_rows(ctx, cache.v, v_rows, inputs.slots)
+        # V^T as kv_dim planes of one-element rows: one set_rows writes each channel's slots.
+        v_el = tensor_nb(cache.v)[0]
+        v_planes = ggml.ggml_view_3d(ctx, cache.v, 1, capacity, kv_dim, v_el, capacity * v_el, 0)
+        v_new = ggml.ggml_view_3d(ctx, qkv, 1, n, kv_dim, row, el, v_offset)
+        v_cache = ggml.ggml_set_rows(ctx, v_planes, v_new, inputs.slots)
         keys = _valid_heads(ctx, k_cache, d, s.num_kv_heads, inputs.n_keys)
-        values = _valid_heads(ctx, v_cache, d, s.num_kv_heads, inputs.n_keys)
-    out = ggml.ggml_flash_attn_ext(
-        ctx,
-        ggml.ggml_permute(ctx, q, 0, 2, 1, 3),  # (H, T, D)
-        ggml.ggml_permute(ctx, keys, 0, 2, 1, 3),
-        ggml.ggml_permute(ctx, values, 0, 2, 1, 3),
-        inputs.mask,
-        1.0 / math.sqrt(d),
-        0.0,
-        0.0,
-    )  # (T, H, D)
+        values_t = ggml.ggml_view_3d(
+            ctx, v_cache, inputs.n_keys, d, s.num_kv_heads, capacity * v_el, d * capacity * v_el, 0
+        )
+    # Heads share K/V heads in groups (GQA): mul_mat broadcasts src0 over dim 2 the same way.
+    # LLAMAFILE's sgemm only takes a contiguous second operand.
+    q_heads = ggml.ggml_cont(ctx, ggml.ggml_permute(ctx, q, 0, 2, 1, 3))
+    scores = ggml.ggml_mul_mat(ctx, ggml.ggml_permute(ctx, keys, 0, 2, 1, 3), q_heads)
+    probs = ggml.ggml_soft_max_ext(ctx, scores, inputs.mask, 1.0 / math.sqrt(d), 0.0)  # (H, T, keys)
+    out = ggml.ggml_cont(ctx, ggml.ggml_permute(ctx, ggml.ggml_mul_mat(ctx, values_t, probs), 0, 2, 1, 3))
     return ggml.ggml_mul_mat(ctx, w_out, ggml.ggml_reshape_2d(ctx, out, attn_dim, n))
 
 

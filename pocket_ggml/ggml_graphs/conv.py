@@ -11,13 +11,28 @@ otherwise, and conv_transpose_1d is ~40x slower than mul_mat + col2im_1d at Mimi
 matrices as stored (pocket_ggml.quantize.names): Conv1d (C_out, C_in*K), i.e. ne [C_in*K, C_out];
 ConvTranspose1d (C_out*K, C_in), i.e. ne [C_in, K*C_out]. Any type mul_mat takes works (F32, F16,
 quantized when the row fits the block size).
+
+Kernels re-laid out channel-fastest (`channel_fast_kernel`, `channel_fast_kernel_tr`) skip the layout
+changes: a Conv1d's (C_out, K*C_in) kernel multiplies an overlapping view of the input directly (each
+window is K*C_in consecutive values), with no transpose and no im2col; a ConvTranspose1d whose kernel
+is 2*stride with rows (k, c_out) overlap-adds by adding the two halves of consecutive steps, with no
+col2im and no transpose. Same sums, in the same order.
 """
 
 from __future__ import annotations
 
 import ggml
+import numpy as np
 
-from pocket_ggml.runtime.ggml_backend import GGML_TYPE_F32, Graph, Tensor, ggml_type_of, tensor_nb, tensor_ne
+from pocket_ggml.runtime.ggml_backend import (
+    GGML_TYPE_F32,
+    Graph,
+    Tensor,
+    ggml_type_of,
+    overlapping_view_2d,
+    tensor_nb,
+    tensor_ne,
+)
 
 
 def check_activation(x: Tensor, channels: int, what: str) -> int:
@@ -66,6 +81,38 @@ def conv1d(g: Graph, xp: Tensor, weight: Tensor, *, kernel_size: int, stride: in
     return ggml.ggml_mul_mat(ctx, weight, cols)
 
 
+def channel_fast_kernel(kernel: np.ndarray, kernel_size: int) -> np.ndarray:
+    """A stored Conv1d kernel (C_out, C_in*K) as (C_out, K*C_in), for `channel_fast=True` convs."""
+    c_out, row = kernel.shape
+    return np.ascontiguousarray(kernel.reshape(c_out, row // kernel_size, kernel_size).transpose(0, 2, 1)).reshape(
+        c_out, row
+    )
+
+
+def channel_fast_kernel_tr(kernel: np.ndarray, kernel_size: int) -> np.ndarray:
+    """A stored ConvTranspose1d kernel (C_out*K, C_in) with rows (k, c_out) instead of (c_out, k);
+    works on raw bytes of any type (rows are whole blocks)."""
+    rows_, row = kernel.shape
+    return np.ascontiguousarray(kernel.reshape(rows_ // kernel_size, kernel_size, row).transpose(1, 0, 2)).reshape(
+        rows_, row
+    )
+
+
+def conv1d_channel_fast(g: Graph, xp: Tensor, weight: Tensor, *, kernel_size: int, stride: int = 1) -> Tensor:
+    """`conv1d` with a `channel_fast_kernel` (dilation 1): the windows of a contiguous xp [C_in, T]
+    are an overlapping view [K*C_in, T_out], which mul_mat takes as it is."""
+    ctx = g.ctx
+    if not ggml.ggml_is_contiguous(xp):
+        xp = ggml.ggml_cont(ctx, xp)
+    c_in, t = tensor_ne(xp)[:2]
+    nb1 = tensor_nb(xp)[1]
+    cols = overlapping_view_2d(ctx, xp, c_in * kernel_size, (t - kernel_size) // stride + 1, stride * nb1)
+    if ggml_type_of(weight) == GGML_TYPE_F32:
+        # LLAMAFILE's sgemm needs a contiguous F32 operand; other kernel types convert it row by row.
+        cols = ggml.ggml_cont(ctx, cols)
+    return ggml.ggml_mul_mat(ctx, weight, cols)
+
+
 def conv1d_history(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
     """Input steps a streaming conv keeps between calls (the reference's `previous`)."""
     return (kernel_size - 1) * dilation + 1 - stride
@@ -97,13 +144,17 @@ def streaming_conv1d(
     stride: int = 1,
     dilation: int = 1,
     previous: Tensor | None = None,
+    channel_fast: bool = False,
 ) -> Tensor:
     """StreamingConv1d with constant (zero) padding: x [C_in, T] -> [C_out, T / stride].
 
     With `previous` (state [C_in, conv1d_history(...)]) the history is prepended and the last steps of
     [previous | x] become the new history. Without it the history is zeros: the reference's
-    `model_state=None`, as the non-streaming encoder runs.
+    `model_state=None`, as the non-streaming encoder runs. `channel_fast`: the kernel is a
+    `channel_fast_kernel` (dilation 1 only).
     """
+    if channel_fast and dilation != 1:
+        raise ValueError("conv1d: a channel-fast kernel needs dilation 1")
     c_in, _, t = check_conv1d(x, weight, bias, kernel_size, stride, dilation)
     history = conv1d_history(kernel_size, stride, dilation)
     ctx = g.ctx
@@ -118,7 +169,10 @@ def streaming_conv1d(
             check_state(previous, c_in, history, "conv1d previous")
             xp = ggml.ggml_concat(ctx, previous, x, 1)
             g.expand(ggml.ggml_cpy(ctx, rows(g, xp, t, history), previous))
-        y = conv1d(g, xp, weight, kernel_size=kernel_size, stride=stride, dilation=dilation)
+        if channel_fast:
+            y = conv1d_channel_fast(g, xp, weight, kernel_size=kernel_size, stride=stride)
+        else:
+            y = conv1d(g, xp, weight, kernel_size=kernel_size, stride=stride, dilation=dilation)
     return y if bias is None else ggml.ggml_add(ctx, y, bias)
 
 
@@ -140,15 +194,26 @@ def overlap_add(g: Graph, y_time_fast: Tensor, steps: int, partial: Tensor) -> T
 
 
 def streaming_conv_transpose1d(
-    g: Graph, x: Tensor, weight: Tensor, bias: Tensor | None, *, kernel_size: int, stride: int, partial: Tensor
+    g: Graph,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    *,
+    kernel_size: int,
+    stride: int,
+    partial: Tensor,
+    channel_fast: bool = False,
 ) -> Tensor:
     """StreamingConvTranspose1d: x [C_in, T] -> [C_out, T * stride], with `partial` [C_out, K - stride].
 
     mul_mat gives each input step's K outputs per channel ([K*C_out, T], k fastest); col2im_1d
-    overlap-adds them into (T-1)*stride + K steps.
+    overlap-adds them into (T-1)*stride + K steps. `channel_fast`: the kernel is a
+    `channel_fast_kernel_tr` and K = 2*stride (see `overlap_add_halves`).
     """
     if not 0 < stride < kernel_size:
         raise ValueError(f"conv_transpose1d: stride {stride} for kernel {kernel_size}")
+    if channel_fast and kernel_size != 2 * stride:
+        raise ValueError("conv_transpose1d: a channel-fast kernel needs kernel_size == 2 * stride")
     c_in, outputs = tensor_ne(weight)[:2]
     c_out = outputs // kernel_size
     check_kernel(weight, c_in, kernel_size * c_out, "conv_transpose1d kernel")
@@ -156,5 +221,28 @@ def streaming_conv_transpose1d(
     check_bias(bias, c_out, "conv_transpose1d")
     ctx = g.ctx
     cols = ggml.ggml_mul_mat(ctx, weight, x)
-    y = overlap_add(g, ggml.ggml_col2im_1d(ctx, cols, stride, c_out, 0), t * stride, partial)
+    if channel_fast:
+        y = overlap_add_halves(g, cols, c_out, stride, partial)
+    else:
+        y = overlap_add(g, ggml.ggml_col2im_1d(ctx, cols, stride, c_out, 0), t * stride, partial)
     return y if bias is None else ggml.ggml_add(ctx, y, bias)
+
+
+def overlap_add_halves(g: Graph, cols: Tensor, c_out: int, stride: int, partial: Tensor) -> Tensor:
+    """The streaming overlap-add of a transposed conv with K = 2*stride and rows (k, c_out):
+    cols [2*S*C, T] -> [C, T*S]. Output block t (S steps, channel-fastest) is the first half of
+    step t plus the second half of step t-1 (the old `partial` [C, S] for t = 0); the second half of
+    the last step becomes the new `partial`."""
+    ctx = g.ctx
+    t = tensor_ne(cols)[1]
+    check_state(partial, c_out, stride, "conv_transpose1d partial")
+    half = stride * c_out
+    el, row = tensor_nb(cols)[:2]
+    first = ggml.ggml_view_2d(ctx, cols, half, t, row, 0)
+    carried = ggml.ggml_reshape_2d(ctx, partial, half, 1)
+    if t > 1:
+        carried = ggml.ggml_concat(ctx, carried, ggml.ggml_view_2d(ctx, cols, half, t - 1, row, half * el), 1)
+    y = ggml.ggml_reshape_2d(ctx, ggml.ggml_add(ctx, first, carried), c_out, t * stride)
+    g.expand(y)  # reads the old partial: in the graph before the write below
+    g.expand(ggml.ggml_cpy(ctx, ggml.ggml_view_2d(ctx, cols, half, 1, row, (t - 1) * row + half * el), partial))
+    return y

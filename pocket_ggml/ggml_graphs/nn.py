@@ -82,11 +82,11 @@ def layer_norm(ctx: int, x: Tensor, eps: float, w: Tensor | None = None, b: Tens
 
 
 def gelu_tanh(ctx: int, x: Tensor) -> Tensor:
-    """GELU, tanh approximation, in F32 (ggml_gelu goes through an F16 table: 3e-4 off)."""
-    cube = ggml.ggml_mul(ctx, ggml.ggml_sqr(ctx, x), x)
-    inner = ggml.ggml_add(ctx, x, ggml.ggml_scale(ctx, cube, _GELU_CUBIC))
-    t = ggml.ggml_tanh(ctx, ggml.ggml_scale(ctx, inner, _SQRT_2_OVER_PI))
-    return ggml.ggml_mul(ctx, x, ggml.ggml_scale_bias(ctx, t, 0.5, 0.5))
+    """GELU, tanh approximation, in F32: 0.5 x (1 + tanh(u)) = x sigmoid(2u) = silu(x s) / s with
+    s = 2u / x = 2 sqrt(2/pi) (1 + 0.044715 x^2) >= 1 (finite for |x| < 1e19). ggml's silu is vectorised, its tanh is a
+    scalar loop (6x slower); ggml_gelu goes through an F16 table (3e-4 off)."""
+    s = ggml.ggml_scale_bias(ctx, ggml.ggml_sqr(ctx, x), 2 * _SQRT_2_OVER_PI * _GELU_CUBIC, 2 * _SQRT_2_OVER_PI)
+    return ggml.ggml_div(ctx, ggml.ggml_silu(ctx, ggml.ggml_mul(ctx, x, s)), s)
 
 
 def modulate(ctx: int, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:

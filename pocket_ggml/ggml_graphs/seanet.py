@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import ggml
 
 from pocket_ggml.ggml_graphs.conv import conv1d_history, streaming_conv1d, streaming_conv_transpose1d
-from pocket_ggml.ggml_graphs.nn import Weights, weight
+from pocket_ggml.ggml_graphs.nn import Weights, expect_shape, gguf_name, weight
 from pocket_ggml.quantize.config import SEANetConfig
 from pocket_ggml.runtime.ggml_backend import Graph, Tensor, tensor_ne
 
 ENCODER = "encoder.model"  # the reference's module paths under MimiModel
 DECODER = "decoder.model"
+CHANNEL_FAST_SUFFIX = ".channel_fast"
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,14 @@ def seanet_decoder_plan(s: SEANetConfig, module: str = DECODER) -> tuple[SeanetL
     return tuple(layers)
 
 
+def seanet_convs(plan: tuple[SeanetLayer, ...]) -> list[SeanetConv]:
+    """Every conv of a plan, in order."""
+    return [c for layer in plan for c in (layer.convs if isinstance(layer, SeanetResBlock) else (layer,))]
+
+
 def seanet_state_shapes(plan: tuple[SeanetLayer, ...]) -> dict[str, tuple[int, int]]:
     """Streaming state of a plan: name -> numpy shape (steps, channels), i.e. ggml ne [C, steps]."""
-    convs = [c for layer in plan for c in (layer.convs if isinstance(layer, SeanetResBlock) else (layer,))]
-    return dict(c.state for c in convs if c.state is not None)
+    return dict(c.state for c in seanet_convs(plan) if c.state is not None)
 
 
 def elu(g: Graph, x: Tensor) -> Tensor:
@@ -128,20 +133,53 @@ def elu(g: Graph, x: Tensor) -> Tensor:
     return ggml.ggml_add(ctx, r, ggml.ggml_expm1(ctx, ggml.ggml_sub(ctx, x, r)))
 
 
+def channel_fast_name(conv: SeanetConv) -> str:
+    """Name of the conv's channel-fast kernel copy (conv.py), which a runtime may add to the weights."""
+    return gguf_name(conv.weight_names[0]) + CHANNEL_FAST_SUFFIX
+
+
+def has_channel_fast_form(conv: SeanetConv) -> bool:
+    """Whether conv.py has a channel-fast path for this conv (pointwise convs need none)."""
+    if conv.transposed:
+        return conv.kernel == 2 * conv.stride
+    return conv.kernel > 1 and conv.dilation == 1
+
+
 def seanet_conv(g: Graph, w: Weights, conv: SeanetConv, x: Tensor, state: Mapping[str, Tensor] | None) -> Tensor:
-    """One conv of the plan; with `state` None a conv starts from zero history (transposed convs need state)."""
+    """One conv of the plan; with `state` None a conv starts from zero history (transposed convs need state).
+    Uses the channel-fast kernel when the weights have one (`channel_fast_name`)."""
     kernel_name, bias_name = conv.weight_names
-    kernel = weight(w, kernel_name, conv.kernel_shape)
+    channel_fast = channel_fast_name(conv) in w
+    if channel_fast:
+        kernel = w[channel_fast_name(conv)]
+        expect_shape(kernel, conv.kernel_shape, channel_fast_name(conv))
+    else:
+        kernel = weight(w, kernel_name, conv.kernel_shape)
     bias = weight(w, bias_name, (conv.c_out,))
     if conv.transposed:
         if state is None:
             raise ValueError(f"{conv.module}: a transposed conv needs its partial state")
         return streaming_conv_transpose1d(
-            g, x, kernel, bias, kernel_size=conv.kernel, stride=conv.stride, partial=state[conv.state[0]]
+            g,
+            x,
+            kernel,
+            bias,
+            kernel_size=conv.kernel,
+            stride=conv.stride,
+            partial=state[conv.state[0]],
+            channel_fast=channel_fast,
         )
     previous = state[conv.state[0]] if state is not None and conv.state is not None else None
     return streaming_conv1d(
-        g, x, kernel, bias, kernel_size=conv.kernel, stride=conv.stride, dilation=conv.dilation, previous=previous
+        g,
+        x,
+        kernel,
+        bias,
+        kernel_size=conv.kernel,
+        stride=conv.stride,
+        dilation=conv.dilation,
+        previous=previous,
+        channel_fast=channel_fast,
     )
 
 

@@ -58,10 +58,14 @@ class TransformerShape:
 def kv_cache_specs(
     name: str, shape: TransformerShape, capacity: int, ggml_type: int = GGML_TYPE_F32
 ) -> dict[str, tuple[tuple[int, int], int]]:
-    """StateStore specs of a transformer's K/V caches: `{name}.{layer}.k` / `.v`, each
-    (capacity, kv_dim). F16 halves the memory but rounds K/V (and Q, in flash attention) to F16."""
-    kv = (capacity, shape.attention.kv_dim)
-    return {f"{name}.{l}.{kind}": (kv, ggml_type) for l in range(shape.num_layers) for kind in "kv"}
+    """StateStore specs of a transformer's K/V caches: `{name}.{layer}.k` (capacity, kv_dim) and
+    `.v`, stored transposed (kv_dim, capacity). F16 halves the memory but rounds K/V to F16."""
+    kv_dim = shape.attention.kv_dim
+    specs = {}
+    for l in range(shape.num_layers):
+        specs[f"{name}.{l}.k"] = ((capacity, kv_dim), ggml_type)
+        specs[f"{name}.{l}.v"] = ((kv_dim, capacity), ggml_type)
+    return specs
 
 
 def layer_caches(state: StateStore, name: str, shape: TransformerShape) -> list[LayerKV]:

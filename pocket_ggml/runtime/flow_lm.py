@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pocket_ggml.errors import PocketError
-from pocket_ggml.ggml_graphs.attention import KVCache, attention_inputs
+from pocket_ggml.ggml_graphs.attention import KVCache, attention_arrays, attention_inputs
 from pocket_ggml.ggml_graphs.flow_lm import (
     flow_lm_step,
     flow_lm_text_embeddings,
@@ -25,6 +25,7 @@ from pocket_ggml.quantize.config import PocketConfig
 from pocket_ggml.runtime.ggml_backend import CpuBackend, GraphRunner, StateStore, WeightStore
 
 CACHE_NAME = "lm"
+STEP_KEYS = 32  # a step graph is kept for this many steps (see FlowLM._call)
 
 
 class GenerationError(PocketError):
@@ -77,6 +78,7 @@ class FlowLM:
             return
         kept = self.snapshot() if self._state is not None and self.offset else None
         if self._state is not None:
+            self.runner.release()
             self._state.close()
         self._state = StateStore(self.backend, kv_cache_specs(CACHE_NAME, self.shape, capacity))
         self.kv = KVCache(capacity)
@@ -90,7 +92,7 @@ class FlowLM:
         n, layers = self.offset, self.shape.num_layers
         assert self._state is not None
         k = np.stack([self._state.get(f"{CACHE_NAME}.{i}.k")[:n] for i in range(layers)])
-        v = np.stack([self._state.get(f"{CACHE_NAME}.{i}.v")[:n] for i in range(layers)])
+        v = np.stack([self._state.get(f"{CACHE_NAME}.{i}.v")[:, :n].T for i in range(layers)])  # stored (kv, cap)
         return FlowLMSnapshot(k, v)
 
     def restore(self, snap: FlowLMSnapshot, extra_rows: int = 0) -> None:
@@ -102,10 +104,12 @@ class FlowLM:
         assert self._state is not None
         cap = self.kv.capacity
         for i in range(self.shape.num_layers):
-            for kind, src in (("k", snap.k), ("v", snap.v)):
-                full = np.zeros((cap, expected[2]), dtype=np.float32)
-                full[: snap.n_rows] = src[i]
-                self._state.set(f"{CACHE_NAME}.{i}.{kind}", full)
+            k = np.zeros((cap, expected[2]), dtype=np.float32)
+            k[: snap.n_rows] = snap.k[i]
+            self._state.set(f"{CACHE_NAME}.{i}.k", k)
+            v = np.zeros((expected[2], cap), dtype=np.float32)  # V is stored transposed
+            v[:, : snap.n_rows] = snap.v[i].T
+            self._state.set(f"{CACHE_NAME}.{i}.v", v)
         self.kv.reset()
         self.kv.advance(snap.n_rows)
 
@@ -135,7 +139,11 @@ class FlowLM:
                 f"the FlowLM cache holds {self.kv.capacity} rows; {self.offset} used, {n_rows} more asked"
             )
         noise = np.zeros((1, self.latent_dim), np.float32) if noise is None else noise.reshape(1, self.latent_dim)
-        plan = self.kv.plan(n_rows)
+        # A plain step keeps its graph: attention reads the cache rounded up to STEP_KEYS rows (the
+        # rows past the offset are masked), so one graph serves STEP_KEYS consecutive steps.
+        keep = cond is None and not stages
+        end = self.offset + n_rows
+        plan = self.kv.plan(n_rows, min_keys=-(-end // STEP_KEYS) * STEP_KEYS if keep else 0)
         caches = layer_caches(self._state, CACHE_NAME, self.shape)
         cfg, w = self.cfg.flow_lm, self.weights
         n_out = n_rows if stages else 1
@@ -148,8 +156,11 @@ class FlowLM:
                     cond_rows = flow_lm_voice_conditioning(g, w, cfg, g.feed("voice", value))
                 else:
                     cond_rows = flow_lm_text_embeddings(g, w, cfg, g.feed("tokens", value))
-            rows = None if latent_rows is None else g.feed("latents", latent_rows)
-            inputs = attention_inputs(g, plan, "attn")
+            if latent_rows is None:
+                rows = None
+            else:
+                rows = g.input("latents", latent_rows.shape) if keep else g.feed("latents", latent_rows)
+            inputs = attention_inputs(g, plan, "attn", feed=not keep)
             out = flow_lm_step(
                 g,
                 w,
@@ -167,7 +178,10 @@ class FlowLM:
                 out["cond"] = cond_rows
             return out
 
-        out = self.runner.run(build, {"noise": noise.astype(np.float32)})
+        arrays = {"noise": noise.astype(np.float32)}
+        if keep:
+            arrays |= {"latents": latent_rows, **attention_arrays(plan, "attn")}
+        out = self.runner.run(build, arrays, key=("step", plan.n_keys) if keep else None)
         self.kv.advance(n_rows)
         latent = out.pop("latent").reshape(self.latent_dim)
         eos = float(out.pop("eos_logit").reshape(()))

@@ -1,7 +1,8 @@
 """GGML CPU backend plumbing: the only module that touches ctypes and ggml's backend API.
 
 Importing it fixes the known ggml-python 0.0.45 binding bugs (pointer restypes cut to 32 bits) and sets
-GGML_NO_BACKTRACE=1, so a failed GGML_ASSERT aborts without starting gdb. Graph builders
+GGML_NO_BACKTRACE=1, so a failed GGML_ASSERT aborts without starting gdb, and OMP_WAIT_POLICY=passive
+(unless already set; see below). Graph builders
 (`pocket_ggml.ggml_graphs`) use `ggml.ggml_*` ops on `Graph.ctx` and never call the backend directly.
 
 Shapes are given in numpy order (outermost first); ggml's `ne` is the reverse.
@@ -20,12 +21,15 @@ API
 - `Graph`: a graph under construction (`.ctx` for ops); `.input(name, shape, dtype)` declares an
     input filled at run time, `.feed(name, array)` an input whose value is known while building,
     `.expand(tensor)` schedules a node now (for writes whose result nobody reads).
-- `GraphRunner(backend)`: `.run(build, inputs) -> {name: np.ndarray}` builds `build(graph)` (which
-    returns `{name: tensor}`) in a no_alloc context, allocates it with gallocr, sets the inputs,
+- `GraphRunner(backend)`: `.run(build, inputs, key=None) -> {name: np.ndarray}` builds `build(graph)`
+    (which returns `{name: tensor}`) in a no_alloc context, allocates it with gallocr, sets the inputs,
     computes with ggml_backend_graph_compute and returns the outputs. An output's numpy shape is the
-    reversed `ne` up to `ggml_n_dims` (leading size-1 axes are dropped). `.close()`.
+    reversed `ne` up to `ggml_n_dims` (leading size-1 axes are dropped). With a `key` the graph is
+    kept and the next call with the same key only sets inputs and computes. `.release()` frees the
+    kept graph, `.close()`.
 - `quantize_rows(matrix, qtype) -> uint8 blocks`: ggml's own quantizers (the K-quants exist only
     in ggml), one chunk of rows per core.
+- `overlapping_view_2d(ctx, t, ne0, ne1, nb1, offset)`: a view whose rows overlap (conv windows).
 - `tensor_shape(t) -> tuple` (numpy order, trimmed to `ggml_n_dims`), `tensor_ne(t)` / `tensor_nb(t)`
     (ggml order, 4 axes), `ggml_type_of(t)`,
     `GGML_TYPE_*` aliases for the common types, `Tensor` (the type of a ggml tensor pointer).
@@ -33,9 +37,12 @@ API
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import sys
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +53,11 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from pocket_ggml.errors import QuantizationError
 
 os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+# libgomp reads this when ggml is loaded. Its default spins at every barrier, which turns each one
+# into a 4 ms scheduler tick when another process holds a core (FlowLM steps of 11-300 ms with 2
+# threads on a busy 2-core machine); passive waits cost ~1 ms per step and never collapse.
+# pocket_ggml.ggml_graphs sets it too: it may load ggml first.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import ggml  # noqa: E402
 
@@ -133,6 +145,23 @@ def tensor_ne(t: Tensor) -> tuple[int, int, int, int]:
 def tensor_nb(t: Tensor) -> tuple[int, int, int, int]:
     """ggml's byte strides `nb` (innermost first)."""
     return tuple(int(n) for n in t.contents.nb)  # type: ignore[return-value]
+
+
+def overlapping_view_2d(ctx: int, t: Tensor, ne0: int, ne1: int, nb1: int, offset: int = 0) -> Tensor:
+    """A 2-D view of a contiguous F32/F16 tensor whose rows may overlap (nb1 < ne0 * element size),
+    e.g. the sliding windows of a convolution. ggml_view_2d refuses it: it checks ne0 * ne1 elements
+    against the source's size, so the view is made with one row and then widened."""
+    el = tensor_nb(t)[0]
+    if not ggml.ggml_is_contiguous(t) or ggml.ggml_blck_size(ggml_type_of(t)) != 1:
+        raise ValueError("overlapping_view_2d needs a contiguous tensor of a non-block type")
+    if min(ne0, ne1, nb1) < 1 or nb1 % el or offset + (ne0 - 1) * el + (ne1 - 1) * nb1 + el > ggml.ggml_nbytes(t):
+        raise ValueError(f"view [{ne0}, {ne1}] with row stride {nb1} at {offset} outside the tensor")
+    v = ggml.ggml_view_2d(ctx, t, ne0, 1, nb1, offset)
+    c = v.contents
+    c.ne[1] = ne1
+    c.nb[1] = nb1
+    c.nb[2] = c.nb[3] = nb1 * ne1
+    return v
 
 
 def ggml_type_of(t: Tensor) -> int:
@@ -226,8 +255,11 @@ class _TensorStore(Mapping[str, Tensor]):
         dtype = _NUMPY_TYPES.get(ggml_type)
         n = _nbytes(ggml_type, shape)
         out = np.empty(shape if dtype is not None else (n,), dtype=dtype or np.uint8)
-        ggml.ggml_backend_tensor_get(self._tensors[name], _address(out), 0, n)
+        self._read_into(name, out)
         return out
+
+    def _read_into(self, name: str, out: np.ndarray) -> None:
+        ggml.ggml_backend_tensor_get(self._tensors[name], _address(out), 0, out.nbytes)
 
     def _declare(self, specs: Sequence[tuple[str, int, tuple[int, ...]]]) -> None:
         self._ctx = _metadata_context(len(specs))
@@ -274,22 +306,88 @@ class _TensorStore(Mapping[str, Tensor]):
 
 
 class WeightStore(_TensorStore):
-    """Immutable named weights (any ggml type) in one backend buffer, looked up by GGUF name."""
+    """Immutable named weights (any ggml type), looked up by GGUF name: one backend buffer, plus one
+    per `put` (converted or re-laid-out copies that replace or add tensors)."""
 
     _memory: np.ndarray | None = None  # the host blob a zero-copy store points into
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._offsets: dict[str, int] = {}  # zero-copy tensors: byte offset in `_memory`
+        self._extra: list[tuple[int, int]] = []  # (ctx, buffer) of each `put`
+        self._repacked: set[str] = set()
+
+    def _read_into(self, name: str, out: np.ndarray) -> None:
+        if name in self._repacked:  # ggml cannot read a CPU_REPACK tensor back (it would abort)
+            raise ValueError(f"{name} was repacked for CPU_REPACK: its bytes cannot be read back")
+        offset = self._offsets.get(name)
+        filename = getattr(self._memory, "filename", None)
+        if offset is None or filename is None:
+            return super()._read_into(name, out)
+        # Read the file, not the mapping: the mapped pages stay out of the process's RSS (a tensor
+        # converted by `put` would otherwise be resident twice).
+        start = self._memory.offset + offset  # type: ignore[union-attr]
+        with open(filename, "rb", buffering=0) as f:
+            f.seek(start)
+            if f.readinto(memoryview(out.reshape(-1).view(np.uint8))) != out.nbytes:
+                raise OSError(f"{filename}: short read of {name}")
+
+    def put(self, backend: CpuBackend, arrays: Mapping[str, np.ndarray | RawTensor], repack: bool = False) -> None:
+        """Add or replace tensors with copies of `arrays` (F32/F16/I32 arrays or raw tensors) in a new buffer.
+
+        With `repack`, the buffer is ggml's CPU_REPACK type, whose matmul kernels for Q4_0/Q4_K read
+        an interleaved layout: every tensor must pass `repackable` and be used only as a mul_mat
+        weight (get_rows or any other op would read the interleaved bytes as plain ones).
+        """
+        specs, data = [], {}
+        for name, a in arrays.items():
+            ggml_type, shape, data[name] = _raw_spec(name, a)
+            if repack and not repackable(ggml_type, shape):
+                raise ValueError(f"{name}: {ggml.ggml_type_name(ggml_type).decode()} {shape} cannot go to CPU_REPACK")
+            specs.append((name, ggml_type, shape))
+        if not specs:
+            return
+        ctx = _metadata_context(len(specs))
+        tensors = {name: _new_tensor(ctx, ggml_type, shape) for name, ggml_type, shape in specs}
+        buft = _cpu_repack_buffer_type() if repack else ggml.ggml_backend_get_default_buffer_type(backend.handle)
+        align = ggml.ggml_backend_buft_get_alignment(buft)
+        sizes = {
+            name: -(-ggml.ggml_backend_buft_get_alloc_size(buft, t) // align) * align for name, t in tensors.items()
+        }
+        buffer = ggml.ggml_backend_buft_alloc_buffer(buft, max(sum(sizes.values()), align))
+        if not buffer:
+            ggml.ggml_free(ctx)
+            raise MemoryError(f"cannot allocate a {sum(sizes.values())}-byte backend buffer")
+        self._extra.append((ctx, buffer))
+        ggml.ggml_backend_buffer_set_usage(buffer, ggml.GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
+        address = ggml.ggml_backend_buffer_get_base(buffer)
+        with _quiet_debug_log():  # the repack logs one line per tensor
+            for name, ggml_type, shape in specs:
+                t = tensors[name]
+                ggml.ggml_set_name(t, name.encode()[: ggml.GGML_MAX_NAME - 1])
+                ggml.ggml_backend_tensor_alloc(buffer, t, address)
+                address += sizes[name]
+                self._tensors[name], self._shapes[name], self._types[name] = t, shape, ggml_type
+                self._offsets.pop(name, None)
+                self._write(name, data[name])
+        if repack:
+            self._repacked.update(tensors)
+        else:
+            self._repacked.difference_update(tensors)
+
+    def close(self) -> None:
+        for ctx, buffer in getattr(self, "_extra", ()):
+            ggml.ggml_backend_buffer_free(buffer)
+            ggml.ggml_free(ctx)
+        self._extra = []
+        super().close()
 
     @classmethod
     def from_arrays(cls, backend: CpuBackend, arrays: Mapping[str, np.ndarray | RawTensor]) -> WeightStore:
         """Copy numpy arrays (F32/F16/I32) or raw tensors into a new backend buffer."""
         specs, data = [], {}
         for name, a in arrays.items():
-            if isinstance(a, RawTensor):
-                ggml_type, shape, data[name] = a.ggml_type, _check_shape(a.shape), a.data
-            else:
-                ggml_type, shape, data[name] = _ggml_type_for(a.dtype), _check_shape(a.shape), a
-            n = _nbytes(ggml_type, shape)
-            if data[name].nbytes != n:
-                raise ValueError(f"{name}: {data[name].nbytes} bytes given for a tensor of {n}")
+            ggml_type, shape, data[name] = _raw_spec(name, a)
             specs.append((name, ggml_type, shape))
         store = cls()
         store._declare(specs)
@@ -316,6 +414,7 @@ class WeightStore(_TensorStore):
                 raise ValueError(f"{s.name}: bytes {s.offset}..{end} outside a {memory.nbytes}-byte blob")
         store = cls()
         store._memory = memory
+        store._offsets = {s.name: s.offset for s in specs}
         store._declare([(s.name, s.ggml_type, tuple(s.shape)) for s in specs])
         base = memory.ctypes.data
         store._buffer = ggml.ggml_backend_cpu_buffer_from_ptr(base, max(memory.nbytes, 1))
@@ -325,6 +424,88 @@ class WeightStore(_TensorStore):
         for s in specs:
             ggml.ggml_backend_tensor_alloc(store._buffer, store[s.name], base + s.offset)
         return store
+
+
+def _raw_spec(name: str, a: np.ndarray | RawTensor) -> tuple[int, tuple[int, ...], np.ndarray]:
+    """(ggml type, shape, bytes or values) of an array or raw tensor, its size checked."""
+    if isinstance(a, RawTensor):
+        ggml_type, shape, data = a.ggml_type, _check_shape(a.shape), a.data
+    else:
+        ggml_type, shape, data = _ggml_type_for(a.dtype), _check_shape(a.shape), a
+    n = _nbytes(ggml_type, shape)
+    if data.nbytes != n:
+        raise ValueError(f"{name}: {data.nbytes} bytes given for a tensor of {n}")
+    return ggml_type, shape, data
+
+
+_REPACK_TYPES = (GGML_TYPE_Q4_0, GGML_TYPE_Q4_K)
+_REPACK_ROWS = 8
+
+
+@contextlib.contextmanager
+def _quiet_debug_log() -> Iterator[None]:
+    """Drop ggml's debug messages (and their continuations) meanwhile; others go to stderr as usual."""
+    last = [0]
+
+    def log(level: int, text: bytes, _user: Any) -> None:
+        if level != ggml.GGML_LOG_LEVEL_CONT:
+            last[0] = level
+        if last[0] > ggml.GGML_LOG_LEVEL_DEBUG:
+            sys.stderr.write(text.decode(errors="replace"))
+
+    callback = ggml.ggml_log_callback(log)
+    ggml.ggml_log_set(callback, None)
+    try:
+        yield
+    finally:
+        ggml.ggml_log_set(ggml.ggml_log_callback(), None)  # NULL: ggml's default logger
+
+
+def dequantize(raw: np.ndarray, ggml_type: int, shape: Sequence[int]) -> np.ndarray:
+    """A tensor's raw bytes of any ggml type -> float32 of `shape`, with ggml's own kernel."""
+    shape = _check_shape(shape)
+    raw = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+    if raw.nbytes != _nbytes(ggml_type, shape):
+        raise ValueError(f"{raw.nbytes} bytes given for a {ggml.ggml_type_name(ggml_type).decode()} {shape} tensor")
+    to_float = ggml.ggml_get_type_traits(ggml_type).contents.to_float
+    if not to_float:
+        raise TypeError(f"ggml has no to_float for {ggml.ggml_type_name(ggml_type).decode()}")
+    out = np.empty(shape, dtype=np.float32)
+    to_float(ctypes.c_void_p(_address(raw)), ctypes.cast(_address(out), ctypes.POINTER(ctypes.c_float)), out.size)
+    return out
+
+
+def has_llamafile() -> bool:
+    """Whether ggml was built with GGML_LLAMAFILE (fast F32/F16/Q8_0/Q4_0 matmuls over many columns)."""
+    return bool(ggml.ggml_cpu_has_llamafile())
+
+
+def repackable(ggml_type: int, shape: Sequence[int]) -> bool:
+    """Whether CPU_REPACK has an x86 kernel for this matrix: Q4_0/Q4_K with a multiple of 8 rows.
+    (For other types, e.g. Q8_0 and Q6_K, ggml's tensor_set into CPU_REPACK segfaults.)"""
+    return (
+        _cpu_repack_buffer_type() is not None
+        and ggml_type in _REPACK_TYPES
+        and len(shape) == 2
+        and shape[0] % _REPACK_ROWS == 0
+    )
+
+
+@functools.cache
+def _cpu_repack_buffer_type() -> int | None:
+    """ggml's CPU_REPACK buffer type (an extra buffer type of the CPU device), or None."""
+    reg = ggml.ggml_backend_cpu_reg()
+    address = ggml.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts")
+    if not address:
+        return None
+    get_extra = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(address)
+    bufts = get_extra(ggml.ggml_backend_reg_dev_get(reg, 0))
+    i = 0
+    while bufts and bufts[i]:
+        if ggml.ggml_backend_buft_name(bufts[i]) == b"CPU_REPACK":
+            return int(bufts[i])
+        i += 1
+    return None
 
 
 class StateStore(_TensorStore):
@@ -393,19 +574,64 @@ class Graph:
         ggml.ggml_build_forward_expand(self.cgraph, t)
 
 
+@dataclass
+class _BuiltGraph:
+    """A graph built and allocated by a GraphRunner: its context, inputs and (contiguous) outputs."""
+
+    ctx: int
+    graph: Graph
+    outputs: dict[str, Tensor]
+    key: Hashable | None = None
+
+
 class GraphRunner:
-    """Builds, allocates (gallocr), and computes graphs on one backend; one per thread."""
+    """Builds, allocates (gallocr), and computes graphs on one backend; one per thread.
+
+    A call with a `key` keeps its graph: the next call with the same key skips building and
+    allocating (~2 us per node) and only sets the inputs. A kept graph's inputs must all be passed
+    to every call (`Graph.feed` is refused), so its shapes must not depend on the call. The runner
+    keeps one graph: any other call frees it, as gallocr may move its buffer for the new graph.
+    """
 
     def __init__(self, backend: CpuBackend, max_nodes: int = 16384) -> None:
         self.backend = backend
         self.max_nodes = max_nodes
+        self._kept: _BuiltGraph | None = None
         self._galloc = ggml.ggml_gallocr_new(ggml.ggml_backend_get_default_buffer_type(backend.handle))
         if not self._galloc:
             raise MemoryError("ggml_gallocr_new failed")
 
     def run(
-        self, build: Callable[[Graph], Mapping[str, Tensor]], inputs: Mapping[str, np.ndarray]
+        self,
+        build: Callable[[Graph], Mapping[str, Tensor]],
+        inputs: Mapping[str, np.ndarray],
+        key: Hashable | None = None,
     ) -> dict[str, np.ndarray]:
+        """Compute `build(graph)`'s outputs for `inputs`; with `key`, reuse the graph of the last
+        call if it had the same key (`build` is then not called)."""
+        if key is not None and self._kept is not None and self._kept.key == key:
+            return self._compute(self._kept, self._check_inputs(self._kept.graph, inputs))
+        self.release()
+        built = self._build(build)
+        try:
+            g = built.graph
+            if key is not None and g.fed:
+                raise ValueError(f"a kept graph cannot have fed inputs ({sorted(g.fed)}): pass them to run")
+            if set(inputs) & set(g.fed):
+                raise ValueError(f"inputs {sorted(set(inputs) & set(g.fed))} were fed while building")
+            arrays = self._check_inputs(g, {**g.fed, **inputs})
+            out = self._compute(built, arrays)
+        except BaseException:
+            ggml.ggml_free(built.ctx)
+            raise
+        if key is None:
+            ggml.ggml_free(built.ctx)
+        else:
+            built.key = key
+            self._kept = built
+        return out
+
+    def _build(self, build: Callable[[Graph], Mapping[str, Tensor]]) -> _BuiltGraph:
         mem = ggml.ggml_tensor_overhead() * self.max_nodes + ggml.ggml_graph_overhead_custom(self.max_nodes, False)
         ctx = ggml.ggml_init(ggml.ggml_init_params(mem_size=mem, mem_buffer=None, no_alloc=True))
         if not ctx:
@@ -413,9 +639,6 @@ class GraphRunner:
         try:
             g = Graph(ctx, ggml.ggml_new_graph_custom(ctx, self.max_nodes, False))
             outputs = dict(build(g))
-            if set(inputs) & set(g.fed):
-                raise ValueError(f"inputs {sorted(set(inputs) & set(g.fed))} were fed while building")
-            arrays = self._check_inputs(g, {**g.fed, **inputs})
             for name, t in outputs.items():
                 # A view does not keep its parent alive in gallocr, which may hand the parent's memory
                 # to later nodes: outputs that are views are copied out.
@@ -425,14 +648,19 @@ class GraphRunner:
                 g.expand(t)
             if not ggml.ggml_gallocr_alloc_graph(self._galloc, g.cgraph):
                 raise MemoryError("ggml_gallocr_alloc_graph failed")
-            for name, a in arrays.items():
-                ggml.ggml_backend_tensor_set(g.inputs[name][0], _address(a), 0, a.nbytes)
-            status = ggml.ggml_backend_graph_compute(self.backend.handle, g.cgraph)
-            if status != ggml.GGML_STATUS_SUCCESS:
-                raise RuntimeError(f"ggml_backend_graph_compute failed with status {status}")
-            return {name: _read(t) for name, t in outputs.items()}
-        finally:
+        except BaseException:
             ggml.ggml_free(ctx)
+            raise
+        return _BuiltGraph(ctx, g, outputs)
+
+    def _compute(self, built: _BuiltGraph, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        g = built.graph
+        for name, a in arrays.items():
+            ggml.ggml_backend_tensor_set(g.inputs[name][0], _address(a), 0, a.nbytes)
+        status = ggml.ggml_backend_graph_compute(self.backend.handle, g.cgraph)
+        if status != ggml.GGML_STATUS_SUCCESS:
+            raise RuntimeError(f"ggml_backend_graph_compute failed with status {status}")
+        return {name: _read(t) for name, t in built.outputs.items()}
 
     @staticmethod
     def _check_inputs(g: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -446,7 +674,14 @@ class GraphRunner:
             arrays[name] = a
         return arrays
 
+    def release(self) -> None:
+        """Free the kept graph; needed when tensors it reads (e.g. a StateStore) are freed."""
+        if self._kept is not None:
+            ggml.ggml_free(self._kept.ctx)
+            self._kept = None
+
     def close(self) -> None:
+        self.release()
         if getattr(self, "_galloc", 0):
             ggml.ggml_gallocr_free(self._galloc)
             self._galloc = 0

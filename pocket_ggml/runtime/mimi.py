@@ -23,8 +23,14 @@ import ggml
 import numpy as np
 
 from pocket_ggml.errors import ModelFileError, PocketError
-from pocket_ggml.ggml_graphs.attention import KVCache, attention_inputs
-from pocket_ggml.ggml_graphs.conv import conv1d_history, rows, streaming_conv1d
+from pocket_ggml.ggml_graphs.attention import KVCache, attention_arrays, attention_inputs
+from pocket_ggml.ggml_graphs.conv import (
+    channel_fast_kernel,
+    channel_fast_kernel_tr,
+    conv1d_history,
+    rows,
+    streaming_conv1d,
+)
 from pocket_ggml.ggml_graphs.mimi_resample import (
     DOWNSAMPLE,
     conv_downsample,
@@ -34,6 +40,9 @@ from pocket_ggml.ggml_graphs.mimi_resample import (
 )
 from pocket_ggml.ggml_graphs.nn import gguf_name, weight
 from pocket_ggml.ggml_graphs.seanet import (
+    channel_fast_name,
+    has_channel_fast_form,
+    seanet_convs,
     seanet_decoder,
     seanet_decoder_plan,
     seanet_encoder,
@@ -43,13 +52,60 @@ from pocket_ggml.ggml_graphs.seanet import (
 from pocket_ggml.ggml_graphs.transformer import TransformerShape, kv_cache_specs, layer_caches, projected_transformer
 from pocket_ggml.quantize.config import PocketConfig
 from pocket_ggml.quantize.names import expected_tensors
-from pocket_ggml.runtime.ggml_backend import CpuBackend, Graph, GraphRunner, StateStore, Tensor, WeightStore
+from pocket_ggml.runtime.ggml_backend import (
+    GGML_TYPE_F16,
+    GGML_TYPE_F32,
+    GGML_TYPE_Q4_K,
+    GGML_TYPE_Q5_K,
+    GGML_TYPE_Q6_K,
+    CpuBackend,
+    Graph,
+    GraphRunner,
+    RawTensor,
+    StateStore,
+    Tensor,
+    WeightStore,
+    dequantize,
+    has_llamafile,
+)
 from pocket_ggml.voices.audio import AudioError
 
 DECODER_TRANSFORMER = "decoder_transformer"  # module names under MimiModel (weights and KV state)
 ENCODER_TRANSFORMER = "encoder_transformer"
 FADE_IN_RATE = 200  # the first chunk fades in over sample_rate // 200 samples (5 ms)
 ENCODER_CHUNK_FRAMES = 12  # 0.96 s of prompt per encoder graph: 42 MB of activations (25 frames: 88 MB, as fast)
+
+
+_K_QUANTS = (GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K)
+
+
+def prepare_decoder_weights(cfg: PocketConfig, weights: WeightStore, backend: CpuBackend) -> None:
+    """Add the copies the decoder runs faster with (once per store; the originals stay, unread):
+
+    - channel-fast SEANet kernels (conv.py: no im2col, col2im or transposes; F32/F16 convs, transposed
+      convs of any type);
+    - with LLAMAFILE, F16 for K-quant matrices of the decoder transformer: it multiplies 16 rows per
+      frame, where llamafile's F16 kernel is ~2x ggml's K-quant one (llamafile has none for K-quants).
+      F16 holds a K-quant's values to 2^-11: far below the quantization error. +7 MB for english.
+    """
+    copies: dict[str, np.ndarray | RawTensor] = {}
+    for conv in seanet_convs(seanet_decoder_plan(cfg.mimi.decoder_seanet)):
+        name, source = channel_fast_name(conv), gguf_name(conv.weight_names[0])
+        if name in weights or not has_channel_fast_form(conv):
+            continue
+        shape, ggml_type = weights.shape(source), weights.ggml_type(source)
+        if conv.transposed:
+            kernel = channel_fast_kernel_tr(weights.get(source).reshape(shape[0], -1), conv.kernel)
+            copies[name] = kernel if kernel.dtype != np.uint8 else RawTensor(ggml_type, shape, kernel)
+        elif ggml_type in (GGML_TYPE_F32, GGML_TYPE_F16):
+            copies[name] = channel_fast_kernel(weights.get(source), conv.kernel)
+    if has_llamafile():
+        for name in expected_tensors(cfg, with_encoder=False):
+            gguf = gguf_name(name)
+            ggml_type = weights.ggml_type(gguf)
+            if name.startswith(f"mimi.{DECODER_TRANSFORMER}.") and ggml_type in _K_QUANTS:
+                copies[gguf] = dequantize(weights.get(gguf), ggml_type, weights.shape(gguf)).astype(np.float16)
+    weights.put(backend, copies)
 
 
 class LatentError(PocketError):
@@ -72,6 +128,7 @@ class MimiDecoder:
         self.cfg = cfg
         self.max_frames_per_call = max_frames_per_call
         self.frame_size = m.frame_size
+        prepare_decoder_weights(cfg, weights, backend)
         self._weights = weights
         shape = TransformerShape.for_mimi(m.decoder_transformer)
         context = m.decoder_transformer.context
@@ -115,7 +172,8 @@ class MimiDecoder:
         x = self._check(latents)
         m = self.cfg.mimi
         steps = m.resample_stride * x.shape[0]
-        plan = self._kv.plan(steps)
+        # Attention always reads the whole ring, so every call of n frames has the same graph.
+        plan = self._kv.plan(steps, min_keys=self._kv.capacity)
         w = self._weights
 
         def build(g: Graph) -> dict[str, Tensor]:
@@ -126,7 +184,7 @@ class MimiDecoder:
             q = quantizer_output_proj(g, w, m, z)
             up = conv_tr_upsample(g, w, m, q, self.state)
             out = {"latent_in": z, "quantizer_out": q, "upsample_out": up} if stages else {}
-            attn = attention_inputs(g, plan, "attn")
+            attn = attention_inputs(g, plan, "attn", feed=False)
             (y,) = projected_transformer(
                 g, w, f"mimi.{DECODER_TRANSFORMER}", up, m.decoder_transformer, attn, self._caches
             )
@@ -135,7 +193,8 @@ class MimiDecoder:
                 out["transformer_out"] = y
             return out
 
-        out = self._runner.run(build, {"latents": x})
+        key = None if stages else x.shape[0]
+        out = self._runner.run(build, {"latents": x, **attention_arrays(plan, "attn")}, key=key)
         self._kv.advance(steps)
         audio = out["audio"].reshape(-1)
         raw = audio.copy() if stages else None

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pocket_ggml.errors import PocketError
+from pocket_ggml.quantize.names import Role, from_gguf
 from pocket_ggml.runtime.flow_lm import FlowLM, FlowLMSnapshot, sample_noise
 from pocket_ggml.runtime.generate import (
     Frame,
@@ -21,11 +22,36 @@ from pocket_ggml.runtime.generate import (
     frames_after_eos_for,
     generate_latents,
 )
-from pocket_ggml.runtime.ggml_backend import CpuBackend
+from pocket_ggml.runtime.ggml_backend import CpuBackend, RawTensor, WeightStore, repackable
 from pocket_ggml.runtime.mimi import MimiDecoder, MimiEncoder
 from pocket_ggml.runtime.model_file import ModelFile
 from pocket_ggml.runtime.text import Tokenizer, prepare_text_prompt
 from pocket_ggml.voices.audio import prepare_voice_prompt
+
+_MATMUL_ROLES = {  # matrices read only by mul_mat (not the text table: get_rows)
+    Role.LM_TEXT_PROJ,
+    Role.LM_INPUT,
+    Role.LM_SPEAKER_PROJ,
+    Role.LM_ATTN_QKV,
+    Role.LM_ATTN_OUT,
+    Role.LM_FFN_UP,
+    Role.LM_FFN_DOWN,
+    Role.LM_Z_PROJ,
+    Role.LM_EOS,
+    Role.FLOW,
+}
+
+
+def prepare_weights(weights: WeightStore, backend: CpuBackend) -> None:
+    """Move FlowLM matrices in Q4_0/Q4_K to ggml's CPU_REPACK buffer: interleaved rows, 1.1-1.3x
+    faster per step and ~1.9x for prompts. (The Mimi decoder prepares its own: `MimiDecoder`.)"""
+    repack = {}
+    for name in weights:
+        row = from_gguf(name)
+        shape, ggml_type = weights.shape(name), weights.ggml_type(name)
+        if row is not None and row.rule.role in _MATMUL_ROLES and repackable(ggml_type, shape):
+            repack[name] = RawTensor(ggml_type, shape, weights.get(name))
+    weights.put(backend, repack, repack=True)
 
 
 class VoiceCloningUnavailable(PocketError):
@@ -48,6 +74,7 @@ class PocketRuntime:
         self.backend = CpuBackend(threads)
         self.mimi_backend = CpuBackend(mimi_threads)
         self.weights = self.file.load_weights(self.backend)
+        prepare_weights(self.weights, self.backend)
         self.tokenizer = Tokenizer(self.file.tokenizer_bytes(), self.file.info.tokenizer_kind)
         self.flow_lm = FlowLM(self.config, self.weights, self.backend, decode_steps)
         self.mimi = MimiDecoder(self.config, self.weights, self.mimi_backend)
