@@ -58,6 +58,7 @@ RECORD_FIELDS = (
     "load_ms",
     "import_ms",
     "peak_rss_mb",
+    "peak_rss_voice_clone_mb",
     "model_file_mb",
     "model_file_format",
     "gflop_per_frame",
@@ -148,6 +149,7 @@ def make_record(
         load_ms=float(raw["load_s"]) * 1e3,
         import_ms=import_ms,
         peak_rss_mb=raw["peak_rss_mb"],
+        peak_rss_voice_clone_mb=raw["peak_rss_voice_clone_mb"],
         model_file_mb=float(raw["model_file_bytes"]) / 1e6,
         model_file_format=raw.get("model_file_format"),
     )
@@ -229,8 +231,9 @@ _ROWS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
     ("voice encode ms (warm / cold)", lambda r: f"{_num(r['voice_encode_ms'])} / {_num(r['voice_encode_cold_ms'])}"),
     ("load ms / import ms", lambda r: f"{_num(r['load_ms'])} / {_num(r['import_ms'])}"),
     (
-        "peak RSS MB (whole process / from the first run on)",
-        lambda r: f"{_num(r['peak_rss_mb'], 0)} / {_num(r.get('peak_rss_generation_mb'), 0)}",
+        "peak RSS MB, voice cached (whole process / from the first run on); cloning the voice",
+        lambda r: f"{_num(r['peak_rss_mb'], 0)} / {_num(r.get('peak_rss_generation_mb'), 0)}; "
+        f"{_num(r.get('peak_rss_voice_clone_mb'), 0)}",
     ),
     ("model file MB", lambda r: f"{_num(r['model_file_mb'])} ({r['model_file_format']})"),
     (
@@ -305,8 +308,9 @@ def markdown(doc: Mapping[str, Any]) -> str:
         "stage ms: " + " || ".join(sorted(methods)),
         "GFLOP/s: FLOPs counted from the config (2 x weights touched per row, attention 4 x keys x width), "
         "achieved = FLOPs of a run / wall; roof at the column's thread count: " + " || ".join(sorted(roofs)),
-        "peak RSS: getrusage maxrss of each configuration's own process (import, load, voice encoding, runs), "
-        "read before the profiling pass; from the first run on: VmHWM reset after the voice encoding (memory still held counts); "
+        "peak RSS: getrusage maxrss of each configuration's own processes: voice cached = import, load, the saved "
+        "voice state loaded, runs, read before the profiling pass; from the first run on: VmHWM reset before the "
+        "first run (memory still held counts); cloning = the process that loads and encodes the voice from the wav; "
         "import: the import statement in a fresh interpreter (pocket-tts: at the start of each of its children).",
     ]
     return "\n".join(lines)

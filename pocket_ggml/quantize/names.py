@@ -21,6 +21,7 @@ hyperparameters alone (the module structure of pocket-tts's FlowLMModel, SEANet 
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 
@@ -211,8 +212,11 @@ def _template_regex(template: str) -> re.Pattern[str]:
     return re.compile(rx + r"\Z")
 
 
-_RELEASED_RX = [(_template_regex(r.released), r) for r in TENSOR_NAME_TABLE]
-_GGUF_RX = [(_template_regex(r.gguf), r) for r in TENSOR_NAME_TABLE]
+@functools.cache
+def _patterns(attr: str) -> list[tuple[re.Pattern[str], NameRule]]:
+    """The table's templates on side `attr` ("released" or "gguf") as regexes, compiled on first use
+    (compiling all of them at import would cost every `import pocket_ggml` ~30 ms)."""
+    return [(_template_regex(getattr(r, attr)), r) for r in TENSOR_NAME_TABLE]
 
 
 @dataclass(frozen=True)
@@ -231,13 +235,15 @@ def _match(name: str, table: list[tuple[re.Pattern[str], NameRule]], attr: str) 
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def from_released(name: str) -> TensorName | None:
     """The row for a released tensor name, or None if the table has no such tensor."""
-    return _match(name, _RELEASED_RX, "gguf")
+    return _match(name, _patterns("released"), "gguf")
 
 
+@functools.lru_cache(maxsize=4096)
 def from_gguf(name: str) -> TensorName | None:
-    return _match(name, _GGUF_RX, "released")
+    return _match(name, _patterns("gguf"), "released")
 
 
 def stored_shape(released_shape: tuple[int, ...], layout: Layout) -> tuple[int, ...]:

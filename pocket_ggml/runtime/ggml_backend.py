@@ -342,9 +342,34 @@ class WeightStore(_TensorStore):
         specs, data = [], {}
         for name, a in arrays.items():
             ggml_type, shape, data[name] = _raw_spec(name, a)
+            specs.append((name, ggml_type, shape))
+        self._install(backend, specs, data.__getitem__, repack)
+
+    def repack(self, backend: CpuBackend, names: Sequence[str]) -> None:
+        """Move these tensors (each `repackable`, each used only as a mul_mat weight) to one CPU_REPACK
+        buffer, one at a time through one staging buffer: the load never holds a second copy of all."""
+        specs = [(name, self._types[name], self._shapes[name]) for name in names]
+        staging = np.empty(max((_nbytes(t, shape) for _, t, shape in specs), default=0), np.uint8)
+
+        def read(name: str) -> np.ndarray:
+            out = staging[: _nbytes(self._types[name], self._shapes[name])]
+            self._read_into(name, out)
+            return out
+
+        self._install(backend, specs, read, repack=True)
+
+    def _install(
+        self,
+        backend: CpuBackend,
+        specs: Sequence[tuple[str, int, tuple[int, ...]]],
+        source: Callable[[str], np.ndarray],
+        repack: bool,
+    ) -> None:
+        """A new buffer for `specs`; each tensor's bytes come from `source(name)`, called before the
+        store's entry for that name is replaced (so a source may read the tensor's current bytes)."""
+        for name, ggml_type, shape in specs:
             if repack and not repackable(ggml_type, shape):
                 raise ValueError(f"{name}: {ggml.ggml_type_name(ggml_type).decode()} {shape} cannot go to CPU_REPACK")
-            specs.append((name, ggml_type, shape))
         if not specs:
             return
         ctx = _metadata_context(len(specs))
@@ -363,17 +388,17 @@ class WeightStore(_TensorStore):
         address = ggml.ggml_backend_buffer_get_base(buffer)
         with _quiet_debug_log():  # the repack logs one line per tensor
             for name, ggml_type, shape in specs:
+                data = source(name)
                 t = tensors[name]
                 ggml.ggml_set_name(t, name.encode()[: ggml.GGML_MAX_NAME - 1])
                 ggml.ggml_backend_tensor_alloc(buffer, t, address)
                 address += sizes[name]
                 self._tensors[name], self._shapes[name], self._types[name] = t, shape, ggml_type
                 self._offsets.pop(name, None)
-                self._write(name, data[name])
+                self._repacked.discard(name)
+                self._write(name, data)
         if repack:
             self._repacked.update(tensors)
-        else:
-            self._repacked.difference_update(tensors)
 
     def close(self) -> None:
         for ctx, buffer in getattr(self, "_extra", ()):
@@ -438,10 +463,6 @@ def _raw_spec(name: str, a: np.ndarray | RawTensor) -> tuple[int, tuple[int, ...
     return ggml_type, shape, data
 
 
-_REPACK_TYPES = (GGML_TYPE_Q4_0, GGML_TYPE_Q4_K)
-_REPACK_ROWS = 8
-
-
 @contextlib.contextmanager
 def _quiet_debug_log() -> Iterator[None]:
     """Drop ggml's debug messages (and their continuations) meanwhile; others go to stderr as usual."""
@@ -481,14 +502,19 @@ def has_llamafile() -> bool:
 
 
 def repackable(ggml_type: int, shape: Sequence[int]) -> bool:
-    """Whether CPU_REPACK has an x86 kernel for this matrix: Q4_0/Q4_K with a multiple of 8 rows.
-    (For other types, e.g. Q8_0 and Q6_K, ggml's tensor_set into CPU_REPACK segfaults.)"""
-    return (
-        _cpu_repack_buffer_type() is not None
-        and ggml_type in _REPACK_TYPES
-        and len(shape) == 2
-        and shape[0] % _REPACK_ROWS == 0
-    )
+    """Whether CPU_REPACK has a kernel for this matrix on this CPU: ggml's own choice
+    (`ggml_repack_get_optimal_repack_type`) for the types we repack, Q4_0 and Q4_K: AVX2 with a multiple
+    of 8 rows, or NEON with i8mm or dotprod (Q4_0: 4 rows, Q4_K: 8). Where ggml has none, tensor_set into a
+    CPU_REPACK buffer dereferences a null kernel and segfaults: a Cortex-A72 (Raspberry Pi 4, NEON only)
+    or any type but these two."""
+    if _cpu_repack_buffer_type() is None or len(shape) != 2:
+        return False
+    rows = shape[0]
+    if ggml.ggml_cpu_has_avx2():
+        return ggml_type in (GGML_TYPE_Q4_0, GGML_TYPE_Q4_K) and rows % 8 == 0
+    if ggml.ggml_cpu_has_neon() and (ggml.ggml_cpu_has_matmul_int8() or ggml.ggml_cpu_has_dotprod()):
+        return (ggml_type == GGML_TYPE_Q4_0 and rows % 4 == 0) or (ggml_type == GGML_TYPE_Q4_K and rows % 8 == 0)
+    return False
 
 
 @functools.cache

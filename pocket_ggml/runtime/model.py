@@ -22,7 +22,7 @@ from pocket_ggml.runtime.generate import (
     frames_after_eos_for,
     generate_latents,
 )
-from pocket_ggml.runtime.ggml_backend import CpuBackend, RawTensor, WeightStore, repackable
+from pocket_ggml.runtime.ggml_backend import CpuBackend, WeightStore, repackable
 from pocket_ggml.runtime.mimi import MimiDecoder, MimiEncoder
 from pocket_ggml.runtime.model_file import ModelFile
 from pocket_ggml.runtime.text import Tokenizer, prepare_text_prompt
@@ -45,13 +45,13 @@ _MATMUL_ROLES = {  # matrices read only by mul_mat (not the text table: get_rows
 def prepare_weights(weights: WeightStore, backend: CpuBackend) -> None:
     """Move FlowLM matrices in Q4_0/Q4_K to ggml's CPU_REPACK buffer: interleaved rows, 1.1-1.3x
     faster per step and ~1.9x for prompts. (The Mimi decoder prepares its own: `MimiDecoder`.)"""
-    repack = {}
+    repack = []
     for name in weights:
         row = from_gguf(name)
         shape, ggml_type = weights.shape(name), weights.ggml_type(name)
         if row is not None and row.rule.role in _MATMUL_ROLES and repackable(ggml_type, shape):
-            repack[name] = RawTensor(ggml_type, shape, weights.get(name))
-    weights.put(backend, repack, repack=True)
+            repack.append(name)
+    weights.repack(backend, repack)
 
 
 class VoiceCloningUnavailable(PocketError):
