@@ -45,7 +45,9 @@ def _init(
     leaf = name.rsplit(".", 1)[-1]
     if name.endswith(".freqs"):  # a buffer: TimestepEmbedder's fixed frequencies
         half = shape[0]
-        return np.exp(-math.log(TIMESTEP_MAX_PERIOD) * np.arange(half, dtype=np.float32) / half).astype(np.float32)
+        # in float64, rounded once: numpy's float32 exp differs by an ulp between x86 and ARM, and the
+        # synthetic checkpoint must be the same bytes on every machine
+        return np.exp(-math.log(TIMESTEP_MAX_PERIOD) * np.arange(half, dtype=np.float64) / half).astype(np.float32)
     if name in ("flow_lm.bos_emb", "flow_lm.bos_before_voice", "flow_lm.conditioner.embed.weight"):
         return _normal(rng, shape)
     if name == "flow_lm.emb_std":

@@ -27,7 +27,7 @@ from pocket_ggml.voices.state import VoiceState, VoiceStateError, load_voice_sta
 DEFAULT_CONFIG = "english"
 DEFAULT_MIX = "Q4_K_M"
 DEFAULT_VOICE = "synthetic"
-CACHE_VERSION = "v1"
+CACHE_VERSION = "v2"  # v2: synthetic checkpoints identical across machines (float64 freqs)
 HF_REPO = "kyutai/pocket-tts"
 
 
