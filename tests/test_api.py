@@ -157,7 +157,7 @@ def test_two_instances_in_two_threads_match_sequential_runs(small_voice):
 
 def test_released_checkpoint_is_converted_once_and_cached(tmp_path, monkeypatch, tokenizer_path):
     monkeypatch.setenv("POCKET_GGML_CACHE", str(tmp_path))
-    st, _ = synthetic_model(SMALL)
+    st, _ = synthetic_model(SMALL, safetensors=True)
     model = TTSModel.load_model(st, tokenizer=tokenizer_path, quantization="Q8_0")
     cached = list((tmp_path / "converted").glob("*.gguf"))
     assert len(cached) == 1 and model.model_path == cached[0]

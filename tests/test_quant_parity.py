@@ -82,7 +82,7 @@ def _paths() -> list[str]:
 def test_cli_runs_the_reference_and_prints_the_table(tmp_path):
     require_reference()
     wd = Workdir(tmp_path)
-    st, f32 = synthetic_model(CONFIG)
+    st, f32 = synthetic_model(CONFIG, safetensors=True)
     _link(st, wd.safetensors(CONFIG))
     _link(f32, wd.gguf(CONFIG, "F32"))
     _link(synthetic_model(CONFIG, "Q8_0")[1], wd.gguf(CONFIG, "Q8_0"))

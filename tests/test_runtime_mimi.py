@@ -46,7 +46,7 @@ def dumps() -> dict[tuple[str, float], Dump]:
     """The reference's dumps of every (config, temp), run side by side: each run spends ~7 s importing
     torch and pocket_tts, and the machine has cores to spare while it does."""
     for config in CONFIGS:  # written once, before the runs that read them
-        synthetic_model(config)
+        synthetic_model(config, safetensors=True)
     runs = [(config, temp) for config in CONFIGS for temp in TEMPS]
     with ThreadPoolExecutor(len(runs)) as pool:
         futures = {run: pool.submit(reference_run, run[0], temp=run[1], frames=FRAMES) for run in runs}
