@@ -145,9 +145,10 @@ def main(
       pocket-bench --info
     """
     if info:
-        from pocket_ggml.bench.hardware import ggml_features, ggml_features_line
+        from pocket_ggml.bench.hardware import ggml_features, ggml_features_line, repack_line
 
         click.echo(ggml_features_line(ggml_features()))
+        click.echo(repack_line())
         return
     threads = _threads_list(threads_arg)
     try:

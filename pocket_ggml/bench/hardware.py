@@ -133,6 +133,17 @@ def ggml_features_line(features: dict[str, bool]) -> str:
     return f"ggml CPU features: {' '.join(on) or 'none'} | not used: {' '.join(off) or 'none'}"
 
 
+def repack_line() -> str:
+    """Whether this build repacks the Q4_K FlowLM matrices (ggml's CPU_REPACK: AVX2, or ARM dotprod/i8mm)."""
+    from gguf import GGMLQuantizationType
+
+    from pocket_ggml.runtime.ggml_backend import repackable
+
+    if repackable(int(GGMLQuantizationType.Q4_K), (8, 256)):
+        return "CPU_REPACK: yes, Q4_K FlowLM matrices are repacked for the interleaved matmul kernels"
+    return "CPU_REPACK: no kernel on this CPU, Q4_K matmuls read the plain layout"
+
+
 def package_version(name: str) -> str | None:
     if name == "python":
         return platform.python_version()

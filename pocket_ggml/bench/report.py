@@ -232,8 +232,10 @@ _ROWS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
     ("load ms / import ms", lambda r: f"{_num(r['load_ms'])} / {_num(r['import_ms'])}"),
     (
         "peak RSS MB, voice cached (whole process / from the first run on); cloning the voice",
-        lambda r: f"{_num(r['peak_rss_mb'], 0)} / {_num(r.get('peak_rss_generation_mb'), 0)}; "
-        f"{_num(r.get('peak_rss_voice_clone_mb'), 0)}",
+        lambda r: (
+            f"{_num(r['peak_rss_mb'], 0)} / {_num(r.get('peak_rss_generation_mb'), 0)}; "
+            f"{_num(r.get('peak_rss_voice_clone_mb'), 0)}"
+        ),
     ),
     ("model file MB", lambda r: f"{_num(r['model_file_mb'])} ({r['model_file_format']})"),
     (
