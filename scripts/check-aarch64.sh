@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# pocket-ggml built and run as an aarch64 program on this x86_64 machine, its results compared with x86.
+#
+# An arm64 Debian bookworm root filesystem run under qemu-user through binfmt_misc (recipe and pitfalls:
+# ../shared/docs/arm-emulation.md). For each ARM build preset (scripts/ggml-preset.sh; default "pi4 phone":
+# baseline NEON run as a Cortex-A72, and armv8.6-a+dotprod+fp16+i8mm run on qemu's "max" CPU so that the
+# dotprod/i8mm kernels execute) it builds ggml-python from source, installs this working tree, then:
+#   1. checks the ggml CPU features of the build;
+#   2. runs the F32 stage parity tests of issue #3 on english_2m (tests/test_parity.py: every FlowLM stage
+#      teacher-forced at temp 0 and 0.3, and the EOS frame) against reference dumps made on x86 by pocket-tts
+#      (the reference is not installed on the ARM side); free-running generation is checked by step 3, which
+#      compares ARM with x86, whose free-running generation the test suite compares with the reference;
+#   3. quantizes synthetic english_2m and english to F32, Q8_0 and Q4_K_M and synthesizes a fixed text at
+#      temperature 0 with a voice cloned from ../shared's wav; compared with the same run on x86: same frame
+#      count, audio SNR >= 60 dB for F32 and >= 40 dB for the quantized types (pocket_ggml.bench.crossarch);
+#   4. synthesizes english Q4_K_M within a 256 MB memory cgroup and english_2m within 128 MB (qemu's own
+#      memory included), as x86 does natively.
+# Correctness only: emulated speed says nothing about a real ARM CPU.
+#
+# Needs root (binfmt_misc, chroot, mounts, cgroups). Where it cannot run it fails loudly unless
+# POCKET_SKIP_AARCH64=1. It undoes every mount and registration it made. The root filesystem and the
+# built ggml-python wheels are kept in POCKET_AARCH64_CACHE (default ~/.cache/pocket-ggml/aarch64);
+# without them it rebuilds everything (~25 min more on 2 cores).
+#
+# Environment: POCKET_HOST_PYTHON (x86 interpreter with pocket-ggml and the reference; default .venv),
+# POCKET_AARCH64_PRESETS (default "pi4 phone"), POCKET_AARCH64_CACHE, POCKET_SKIP_AARCH64.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=$(cd "$REPO/.." && pwd)/shared
+CACHE=${POCKET_AARCH64_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pocket-ggml/aarch64}
+HOST_PY=${POCKET_HOST_PYTHON:-$REPO/.venv/bin/python}
+PRESETS=${POCKET_AARCH64_PRESETS:-pi4 phone}
+ROOTFS_RECIPE="bookworm arm64 minbase python3 python3-venv python3-dev build-essential cmake ca-certificates"
+ROOTFS=$CACHE/rootfs-bookworm
+GGML_REQ=$(grep -o '"ggml-python==[^"]*"' "$REPO/pyproject.toml" | tr -d '"')
+MIRROR=${POCKET_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+BINFMT=/proc/sys/fs/binfmt_misc
+START=$SECONDS
+
+log() { printf '[check-aarch64 %4ds] %s\n' $((SECONDS - START)) "$*" >&2; }
+
+cannot_run() {
+    printf '\n%s\n' "################################################################################" >&2
+    printf 'check-aarch64: CANNOT RUN THE AARCH64 CHECK: %s\n' "$1" >&2
+    if [ "${POCKET_SKIP_AARCH64:-}" = 1 ]; then
+        printf 'check-aarch64: skipped because POCKET_SKIP_AARCH64=1: ARM builds are NOT verified.\n' >&2
+        printf '%s\n\n' "################################################################################" >&2
+        exit 0
+    fi
+    printf 'check-aarch64: set POCKET_SKIP_AARCH64=1 to run without it.\n' >&2
+    printf '%s\n\n' "################################################################################" >&2
+    exit 1
+}
+
+[ "$(id -u)" = 0 ] || cannot_run "not root (binfmt_misc, chroot and cgroups need root)"
+[ -x "$HOST_PY" ] || cannot_run "no x86 interpreter at $HOST_PY (set POCKET_HOST_PYTHON)"
+[ -n "$GGML_REQ" ] || cannot_run "no ggml-python pin in pyproject.toml"
+[ -d "$SHARED/assets" ] || cannot_run "$SHARED/assets is missing"
+
+if ! command -v qemu-aarch64-static >/dev/null || ! command -v debootstrap >/dev/null; then
+    log "installing qemu-user-static and debootstrap"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends qemu-user-static debootstrap \
+        >/dev/null || cannot_run "apt-get install qemu-user-static debootstrap failed"
+fi
+
+# --- binfmt: mount and register only what is not there, and undo exactly that ---------------------------
+MOUNTED=()      # mount points to unmount, innermost last
+MOUNTED_BINFMT=0
+REGISTERED=0
+cleanup() {
+    local rc=$?
+    for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do
+        umount -R "${MOUNTED[i]}" 2>/dev/null || umount -R -l "${MOUNTED[i]}" || true
+    done
+    [ "$REGISTERED" = 1 ] && { echo -1 >"$BINFMT/qemu-aarch64" || true; }
+    [ "$MOUNTED_BINFMT" = 1 ] && { umount "$BINFMT" || true; }
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if ! mountpoint -q "$BINFMT"; then
+    mount -t binfmt_misc none "$BINFMT" 2>/dev/null || cannot_run "binfmt_misc cannot be mounted here"
+    MOUNTED_BINFMT=1
+fi
+if [ ! -e "$BINFMT/qemu-aarch64" ]; then
+    conf=/usr/lib/binfmt.d/qemu-aarch64.conf
+    [ -f "$conf" ] || cannot_run "$conf is missing (qemu-user-static)"
+    cat "$conf" >"$BINFMT/register" || cannot_run "cannot register qemu-aarch64 with binfmt_misc"
+    REGISTERED=1
+fi
+grep -q '^flags:.*F' "$BINFMT/qemu-aarch64" || cannot_run "qemu-aarch64 is registered without the F (fix binary) flag"
+
+# --- the arm64 root filesystem, cached ----------------------------------------------------------------
+if [ "$(cat "$ROOTFS/.pocket-ggml-rootfs" 2>/dev/null)" != "$ROOTFS_RECIPE" ]; then
+    log "building the arm64 root filesystem in $ROOTFS (about 4 min)"
+    rm -rf "$ROOTFS"
+    mkdir -p "$CACHE"
+    debootstrap --arch=arm64 --foreign --variant=minbase \
+        --include=python3,python3-venv,python3-dev,build-essential,cmake,ca-certificates \
+        bookworm "$ROOTFS" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 ||
+        { tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
+    chroot "$ROOTFS" /debootstrap/debootstrap --second-stage >>"$CACHE/debootstrap.log" 2>&1 ||
+        { tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
+    echo "$ROOTFS_RECIPE" >"$ROOTFS/.pocket-ggml-rootfs"
+fi
+log "root filesystem ready: $ROOTFS"
+
+bind() {  # bind SRC DST [ro]
+    mkdir -p "$2"
+    mount --bind "$1" "$2"
+    MOUNTED+=("$2")
+    [ "${3:-}" = ro ] && mount -o remount,bind,ro "$2"
+    return 0
+}
+mount -t proc proc "$ROOTFS/proc" && MOUNTED+=("$ROOTFS/proc")
+mount -t sysfs sys "$ROOTFS/sys" && MOUNTED+=("$ROOTFS/sys")
+mount --rbind /dev "$ROOTFS/dev" && mount --make-rslave "$ROOTFS/dev" && MOUNTED+=("$ROOTFS/dev")
+mkdir -p "$CACHE/pip" "$CACHE/wheels"
+bind "$CACHE/pip" "$ROOTFS/root/.cache/pip"
+bind "$CACHE/wheels" "$ROOTFS/wheels"
+bind "$SHARED" "$ROOTFS/opt/shared" ro
+cp -L /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+# registry traffic may pass a TLS-intercepting proxy: trust what the host trusts
+cp /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/certs/host-ca-certificates.crt"
+
+in_arm() {  # in_arm QEMU_CPU COMMAND: run a bash command inside the arm64 root filesystem
+    QEMU_CPU=$1 chroot "$ROOTFS" /usr/bin/env -i HOME=/root LANG=C.UTF-8 QEMU_CPU="$1" \
+        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        PIP_CERT=/etc/ssl/certs/host-ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 \
+        CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" CI=true GGML_NO_BACKTRACE=1 HF_HUB_OFFLINE=1 \
+        bash -euo pipefail -c "$2"
+}
+
+# --- this working tree, and the x86 side -------------------------------------------------------------
+WORK=$ROOTFS/opt/work
+rm -rf "$WORK" "$ROOTFS/opt/pocket-ggml"
+mkdir -p "$WORK" "$ROOTFS/opt/pocket-ggml"
+(cd "$REPO" && git ls-files -z --cached --others --exclude-standard | xargs -0 tar -cf - --no-recursion) |
+    tar -xf - -C "$ROOTFS/opt/pocket-ggml"
+
+PARITY_TESTS="english_2m and not free_running"
+TOKENIZER=assets/tokenizer.model
+VOICE=assets/voices/speaker-48k.wav
+log "x86: synthesis of every config and type"
+"$HOST_PY" -m pocket_ggml.bench.crossarch synth --out "$WORK/x86" \
+    --tokenizer "$SHARED/$TOKENIZER" --voice "$SHARED/$VOICE" 2>"$WORK/x86.log" || { cat "$WORK/x86.log" >&2; exit 1; }
+log "x86: reference dumps and the F32 stage parity of english_2m"
+(cd "$REPO" && POCKET_PARITY_DIR="$WORK/parity-x86" CI=true "$HOST_PY" -m pytest -q -p no:cacheprovider \
+    tests/test_parity.py -k "$PARITY_TESTS") | tail -3
+
+BUDGET_TEXT="The harbour lights came on one by one as the fishing boats returned."
+budgets() {  # budgets OUT_DIR SHARED_DIR CLONE POCKET_SPEAK...: synthesis within memory cgroups
+    # english Q4_K_M in 256 MB and english_2m in 128 MB with a saved voice state (the edge use); with
+    # CLONE=1 also english Q4_K_M in 256 MB cloning the voice from the wav (Mimi encoder, scipy's resampler)
+    local out=$1 shared=$2 clone=$3 config limit voice
+    shift 3
+    while read -r config limit voice; do
+        [ -n "$config" ] || continue
+        "$HOST_PY" -m pocket_ggml.bench.crossarch budget --limit-mb "$limit" -- "$@" -q --model \
+            "$out/$config-Q4_K_M.gguf" --voice "$voice" --text "$BUDGET_TEXT" -o "$out/budget.wav" </dev/null
+    done <<EOF
+english 256 $out/english-Q4_K_M-voice.safetensors
+english_2m_2026-10 128 $out/english_2m_2026-10-Q4_K_M-voice.safetensors
+$([ "$clone" = 1 ] && echo "english 256 $shared/$VOICE")
+EOF
+}
+
+check_preset() {  # check_preset PRESET: build, install and check one ARM build (runs in the background)
+    local preset=$1 cpu expect_on expect_off args key wheels features f
+    case $preset in
+        pi4) cpu=cortex-a72 expect_on="neon" expect_off="dotprod matmul_int8 sve" ;;
+        pi5) cpu=cortex-a76 expect_on="neon dotprod" expect_off="matmul_int8 sve" ;;
+        phone) cpu=max expect_on="neon dotprod matmul_int8" expect_off="" ;;
+        *) echo "check-aarch64: unknown ARM preset $preset" >&2; return 2 ;;
+    esac
+    args=$(bash "$REPO/scripts/ggml-preset.sh" "$preset")
+    key=$(printf '%s %s' "$GGML_REQ" "$args" | sha1sum | cut -c1-12)
+    wheels=/wheels/$preset-$key
+    if ! ls "$ROOTFS$wheels"/ggml_python-*.whl >/dev/null 2>&1; then
+        log "$preset: building $GGML_REQ with CMAKE_ARGS=$args (about 6 min, emulated)"
+        in_arm "$cpu" "rm -rf /opt/build-$preset $wheels.part && python3 -m venv /opt/build-$preset &&
+            CMAKE_ARGS='$args' /opt/build-$preset/bin/pip wheel -q --no-deps --no-binary ggml-python --no-cache-dir \
+                -w $wheels.part '$GGML_REQ' 2>&1 | grep -v '^DEPRECATION: --no-binary' || true
+            ls $wheels.part/ggml_python-*.whl >/dev/null && mv $wheels.part $wheels && rm -rf /opt/build-$preset"
+    fi
+    log "$preset: installing pocket-ggml into a fresh venv (QEMU_CPU=$cpu)"
+    in_arm "$cpu" "rm -rf /opt/venv-$preset && python3 -m venv /opt/venv-$preset &&
+        /opt/venv-$preset/bin/pip install -q $wheels/ggml_python-*.whl &&
+        /opt/venv-$preset/bin/pip install -q /opt/pocket-ggml pytest"
+    features=$(in_arm "$cpu" "/opt/venv-$preset/bin/pocket-bench --info")
+    log "$preset: $(echo "$features" | tr '\n' ';')"
+    for f in $expect_on; do
+        [[ "${features%%|*} " == *" ${f^^} "* ]] || { echo "check-aarch64: the $preset build lacks $f" >&2; return 1; }
+    done
+    for f in $expect_off; do
+        [[ "${features%%|*} " != *" ${f^^} "* ]] || { echo "check-aarch64: the $preset build uses $f" >&2; return 1; }
+    done
+
+    log "$preset: F32 stage parity of english_2m against the reference's dumps made on x86"
+    mkdir -p "$WORK/parity-$preset"
+    cp -r "$WORK/parity-x86/dumps" "$WORK/parity-$preset/"
+    in_arm "$cpu" "cd /opt/pocket-ggml && PATH=/opt/venv-$preset/bin:\$PATH POCKET_PARITY_DIR=/opt/work/parity-$preset \
+        python -m pytest -q -p no:cacheprovider --durations=3 tests/test_parity.py -k '$PARITY_TESTS'"
+
+    log "$preset: synthesis of every config and type"
+    in_arm "$cpu" "/opt/venv-$preset/bin/python -m pocket_ggml.bench.crossarch synth --out /opt/work/$preset \
+        --tokenizer /opt/shared/$TOKENIZER --voice /opt/shared/$VOICE"
+    "$HOST_PY" -m pocket_ggml.bench.crossarch compare "$WORK/x86" "$WORK/$preset" --label "aarch64 $preset"
+
+    log "$preset: memory budgets (qemu's own memory counted)"
+    budgets "/opt/work/$preset" /opt/shared 0 env QEMU_CPU="$cpu" chroot "$ROOTFS" "/opt/venv-$preset/bin/pocket-speak"
+    log "$preset: passed"
+}
+
+# The presets run side by side (emulated Python is one thread; the builds take two), each into its log.
+pids=()
+for preset in $PRESETS; do
+    (set -euo pipefail; check_preset "$preset") >"$WORK/check-$preset.log" 2>&1 &
+    pids+=($!)
+done
+failed=""
+i=0
+for preset in $PRESETS; do
+    wait "${pids[i]}" || failed="$failed $preset"
+    i=$((i + 1))
+    printf '\n===== aarch64 %s =====\n' "$preset" >&2
+    grep -v "holds synthetic weights" "$WORK/check-$preset.log" >&2 || true
+done
+[ -z "$failed" ] || { echo "check-aarch64: FAILED on$failed" >&2; exit 1; }
+
+log "x86: memory budgets"
+budgets "$WORK/x86" "$SHARED" 1 "$(dirname "$HOST_PY")/pocket-speak"
+log "passed: presets $PRESETS"
