@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,17 +205,24 @@ for _side, _tag, _role, _enc in (
 TENSOR_NAME_TABLE: tuple[NameRule, ...] = tuple(_TABLE)
 
 
-def _template_regex(template: str) -> re.Pattern[str]:
-    parts = re.split(r"\{(\w)\}", template)
-    rx = "".join(re.escape(p) if n % 2 == 0 else f"(?P<{p}>\\d+)" for n, p in enumerate(parts))
-    return re.compile(rx + r"\Z")
+_Segments = tuple[str, ...]
+
+
+def _shape_key(segments: _Segments) -> _Segments:
+    """A dotted name with its numeric segments blanked: what a name and its template share."""
+    return tuple("#" if s.isdigit() or (s[:1] == "{" and s[-1:] == "}") else s for s in segments)
 
 
 @functools.cache
-def _patterns(attr: str) -> list[tuple[re.Pattern[str], NameRule]]:
-    """The table's templates on side `attr` ("released" or "gguf") as regexes, compiled on first use
-    (compiling all of them at import would cost every `import pocket_ggml` ~30 ms)."""
-    return [(_template_regex(getattr(r, attr)), r) for r in TENSOR_NAME_TABLE]
+def _index(attr: str) -> dict[_Segments, list[tuple[_Segments, NameRule]]]:
+    """The table's templates on side `attr` ("released" or "gguf") by shape key. Every placeholder
+    ({l}, {k}, ...) is a whole dot-separated segment that matches a decimal number; a lookup is a dict
+    probe and a segment-wise check, not a scan of ~80 regexes (compiling those cost each load ~30 ms)."""
+    index: dict[_Segments, list[tuple[_Segments, NameRule]]] = {}
+    for rule in TENSOR_NAME_TABLE:
+        template = tuple(getattr(rule, attr).split("."))
+        index.setdefault(_shape_key(template), []).append((template, rule))
+    return index
 
 
 @dataclass(frozen=True)
@@ -226,24 +232,31 @@ class TensorName:
     rule: NameRule
 
 
-def _match(name: str, table: list[tuple[re.Pattern[str], NameRule]], attr: str) -> TensorName | None:
-    for rx, rule in table:
-        m = rx.match(name)
-        if m:
-            other = getattr(rule, attr).format(**m.groupdict())
-            return TensorName(name, other, rule) if attr == "gguf" else TensorName(other, name, rule)
+def _match(name: str, attr: str, other_attr: str) -> TensorName | None:
+    segments = tuple(name.split("."))
+    for template, rule in _index(attr).get(_shape_key(segments), ()):
+        fields: dict[str, str] = {}
+        for t, s in zip(template, segments):
+            if t[:1] == "{":
+                if not s.isascii() or not s.isdigit() or fields.setdefault(t[1:-1], s) != s:
+                    break
+            elif t != s:
+                break
+        else:
+            other = getattr(rule, other_attr).format(**fields)
+            return TensorName(name, other, rule) if attr == "released" else TensorName(other, name, rule)
     return None
 
 
 @functools.lru_cache(maxsize=4096)
 def from_released(name: str) -> TensorName | None:
     """The row for a released tensor name, or None if the table has no such tensor."""
-    return _match(name, _patterns("released"), "gguf")
+    return _match(name, "released", "gguf")
 
 
 @functools.lru_cache(maxsize=4096)
 def from_gguf(name: str) -> TensorName | None:
-    return _match(name, _patterns("gguf"), "released")
+    return _match(name, "gguf", "released")
 
 
 def stored_shape(released_shape: tuple[int, ...], layout: Layout) -> tuple[int, ...]:
