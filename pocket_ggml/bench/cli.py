@@ -218,11 +218,11 @@ def run_benchmark(
     wav = assets.voice_wav(voice, cfg.mimi.sample_rate)
     text = text if text is not None else assets.default_text(frames, cfg.mimi.frame_rate)
     temperature = cfg.generation.temperature
-    env = runner.child_env(threads, mimi_threads)
     import_reps = min(runs, 3)
     voice_runs = min(runs, 3)
 
     with tempfile.TemporaryDirectory(prefix="pocket-bench-") as tmp:
+        env = runner.child_env(threads, mimi_threads, Path(tmp) / "pycache")
         ref_common: dict[str, object] = {}
         if reference:
             _progress("preparing the identical weights in the released layout for the reference (cached)")

@@ -50,10 +50,14 @@ class ReferenceUnavailable(PocketError):
     """--reference without torch / pocket_tts in the reference interpreter."""
 
 
-def child_env(threads: list[int], mimi_threads: int | None) -> dict[str, str]:
+def child_env(threads: list[int], mimi_threads: int | None, pycache: Path) -> dict[str, str]:
     """The environment of every child: the user's, plus OMP_WAIT_POLICY=passive when more than one
-    thread is used anywhere and the user did not choose a policy (read by libgomp at load)."""
-    env = dict(os.environ)
+    thread is used anywhere and the user did not choose a policy (read by libgomp at load). Bytecode is
+    compiled once into the folder `pycache` and used from there, as an installed package has it:
+    PYTHONDONTWRITEBYTECODE or an editable install would otherwise make every import compile the
+    sources, and nothing is written into the installation."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(pycache)
     env.setdefault("HF_HUB_OFFLINE", "1")
     if max([*threads, mimi_threads or 1]) > 1 and "OMP_WAIT_POLICY" not in os.environ:
         env["OMP_WAIT_POLICY"] = "passive"
@@ -83,15 +87,16 @@ def check_reference(python: str) -> dict[str, str | None]:
 
 
 def measure_import_ms(python: str, statement: str, env: Mapping[str, str], reps: int) -> list[float]:
-    """Wall time of `statement` in `reps` fresh interpreters (interpreter start-up excluded)."""
+    """Wall time of `statement` in `reps` fresh interpreters (interpreter start-up excluded), after one
+    unmeasured import that compiles the bytecode (see `child_env`)."""
     code = f"import time\nt0 = time.perf_counter()\n{statement}\nprint(repr((time.perf_counter() - t0) * 1e3))\n"
     out = []
-    for _ in range(reps):
+    for _ in range(reps + 1):
         r = subprocess.run([python, "-c", code], capture_output=True, text=True, env=dict(env), timeout=600)
         if r.returncode != 0:
             raise BenchRunError(f"`{statement}` failed in a fresh {python}:\n{r.stderr[-2000:]}")
         out.append(float(r.stdout.strip().splitlines()[-1]))
-    return out
+    return out[1:]
 
 
 def run_child(
@@ -169,4 +174,6 @@ def run_reference(
 ) -> dict:
     variant = "int8" if spec["quantize"] else "fp32"
     what = f"pocket-tts {variant} (threads {spec['threads']})"
+    # the reference is an installed package with its bytecode: a pycache prefix would recompile torch
+    env = {k: v for k, v in env.items() if k != "PYTHONPYCACHEPREFIX"}
     return run_two_phases([python, str(REFERENCE_SCRIPT)], spec, env, progress, what)
