@@ -60,8 +60,9 @@ cannot_run() {
 
 if ! command -v qemu-aarch64-static >/dev/null || ! command -v debootstrap >/dev/null; then
     log "installing qemu-user-static and debootstrap"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends qemu-user-static debootstrap \
-        >/dev/null || cannot_run "apt-get install qemu-user-static debootstrap failed"
+    apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null; }
+    apt_install qemu-user-static debootstrap || { apt-get update -q >/dev/null && apt_install qemu-user-static debootstrap; } ||
+        cannot_run "apt-get install qemu-user-static debootstrap failed"
 fi
 
 # --- binfmt: mount and register only what is not there, and undo exactly that ---------------------------
