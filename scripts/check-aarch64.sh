@@ -11,8 +11,10 @@
 #      (the reference is not installed on the ARM side); free-running generation is checked by step 3, which
 #      compares ARM with x86, whose free-running generation the test suite compares with the reference;
 #   3. quantizes synthetic english_2m and english to F32, Q8_0 and Q4_K_M and synthesizes a fixed text at
-#      temperature 0 with a voice cloned from ../shared's wav; compared with the same run on x86: same frame
-#      count, audio SNR >= 60 dB for F32 and >= 40 dB for the quantized types (pocket_ggml.bench.crossarch);
+#      temperature 0 with a voice cloned from ../shared's wav, then runs it teacher-forced on x86's files;
+#      compared with the same on x86 (pocket_ggml.bench.crossarch): same frame count, teacher-forced
+#      latents and audio SNR >= 60 dB for F32 and >= 40 dB for the quantized types, free-running audio
+#      >= 60 dB for F32 (quantized: reported beside x86's own noise floor, see crossarch's docstring);
 #   4. synthesizes english Q4_K_M within a 256 MB memory cgroup and english_2m within 128 MB (qemu's own
 #      memory included), as x86 does natively.
 # Correctness only: emulated speed says nothing about a real ARM CPU.
@@ -207,7 +209,7 @@ check_preset() {  # check_preset PRESET: build, install and check one ARM build 
 
     log "$preset: synthesis of every config and type"
     in_arm "$cpu" "/opt/venv-$preset/bin/python -m pocket_ggml.bench.crossarch synth --out /opt/work/$preset \
-        --tokenizer /opt/shared/$TOKENIZER --voice /opt/shared/$VOICE"
+        --tokenizer /opt/shared/$TOKENIZER --voice /opt/shared/$VOICE --teacher /opt/work/x86"
     "$HOST_PY" -m pocket_ggml.bench.crossarch compare "$WORK/x86" "$WORK/$preset" --label "aarch64 $preset"
 
     log "$preset: memory budgets (qemu's own memory counted)"

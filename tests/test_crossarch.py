@@ -10,81 +10,102 @@ from pocket_ggml.bench import crossarch
 from pocket_ggml.bench.crossarch import SAMPLES_PER_FRAME, compare_runs, snr_db
 
 FRAMES = 5
+LATENT_DIM = 32
 
 
-def _side(path, audio: dict[tuple[str, str], np.ndarray], sha: dict | None = None):
+def _noisy(x: np.ndarray, snr: float, seed: int) -> np.ndarray:
+    noise = np.random.default_rng(seed).standard_normal(x.shape).astype(np.float32)
+    noise *= np.sqrt(np.mean(x.astype(np.float64) ** 2) / np.mean(noise.astype(np.float64) ** 2) / 10 ** (snr / 10))
+    return x + noise
+
+
+def _model(seed: int = 0, frames: int = FRAMES) -> dict[str, np.ndarray]:
+    """One model's arrays as synth writes them: free-running audio, teacher-forced latents and audio."""
+    rng = np.random.default_rng(seed)
+    audio = rng.standard_normal(frames * SAMPLES_PER_FRAME).astype(np.float32)
+    return {"": audio, "-tf-latents": rng.standard_normal((frames, LATENT_DIM)).astype(np.float32), "-tf": audio}
+
+
+def _side(path, models: dict[tuple[str, str], dict[str, np.ndarray]], sha: dict | None = None, quantization=None):
+    """A synth output folder; `quantization`: {model: {measure: SNR of the type against F32}}."""
+    quantization = quantization or {}
     path.mkdir()
     results = []
-    for (config, type_), wav in audio.items():
-        np.save(path / f"{config}-{type_}.npy", wav)
+    for (config, type_), arrays in models.items():
+        for suffix, a in arrays.items():
+            np.save(path / f"{config}-{type_}{suffix}.npy", a)
         results.append(
             {
                 "config": config,
                 "type": type_,
-                "frames": len(wav) // SAMPLES_PER_FRAME,
-                "samples": len(wav),
+                "frames": len(arrays[""]) // SAMPLES_PER_FRAME,
+                "samples": len(arrays[""]),
                 "gguf_sha256": (sha or {}).get((config, type_), "same"),
+                "noise_floor_db": 38.0,
                 "synthesize_s": 1.0,
             }
         )
+        if type_ != "F32":
+            results[-1]["quantization_snr_db"] = dict(quantization.get((config, type_), {}))
     info = {"machine": "test", "ggml_features": {"NEON": True}, "text": "t", "results": results}
     (path / "result.json").write_text(json.dumps(info))
     return path
 
 
-def _noisy(wav: np.ndarray, snr: float, seed: int) -> np.ndarray:
-    noise = np.random.default_rng(seed).standard_normal(len(wav)).astype(np.float32)
-    noise *= np.sqrt(np.mean(wav.astype(np.float64) ** 2) / np.mean(noise.astype(np.float64) ** 2) / 10 ** (snr / 10))
-    return wav + noise
+def _moved(model: dict[str, np.ndarray], suffix: str, snr: float) -> dict[str, np.ndarray]:
+    return {**model, suffix: _noisy(model[suffix], snr, 7)}
 
 
-@pytest.fixture
-def f32() -> np.ndarray:
-    return np.random.default_rng(0).standard_normal(FRAMES * SAMPLES_PER_FRAME).astype(np.float32)
+def test_snr_db_is_infinite_for_identical_audio_and_measures_noise():
+    x = _model()[""]
+    assert snr_db(x, x) == np.inf
+    assert snr_db(_noisy(x, 30.0, 1), x) == pytest.approx(30.0, abs=0.01)
 
 
-def test_snr_db_is_infinite_for_identical_audio_and_measures_noise(f32):
-    assert snr_db(f32, f32) == np.inf
-    assert snr_db(_noisy(f32, 30.0, 1), f32) == pytest.approx(30.0, abs=0.01)
+@pytest.mark.parametrize(
+    ("type_", "suffix", "snr", "passes"),
+    [
+        ("F32", "", 61.0, True),
+        ("F32", "", 59.0, False),  # F32: >= 60 dB on every measure
+        ("F32", "-tf", 59.0, False),
+        ("F32", "-tf-latents", 59.0, False),
+        ("Q8_0", "-tf", 41.0, True),
+        ("Q8_0", "-tf", 39.0, False),  # quantized: >= 40 dB where quantization moves x86 less than 46 dB
+        ("Q8_0", "", 39.0, False),
+        ("Q4_K_M", "-tf-latents", 25.0, True),  # ... else its SNR against F32 (here 30 dB) less 6 dB
+        ("Q4_K_M", "-tf-latents", 23.0, False),
+    ],
+)
+def test_each_measure_is_held_to_its_bar(tmp_path, type_, suffix, snr, passes):
+    model = _model()
+    quantization = {("c", "Q4_K_M"): {"-tf-latents": 30.0, "": 50.0}}
+    x86 = _side(tmp_path / "x86", {("c", type_): model}, quantization=quantization)
+    rows, ok = compare_runs(x86, _side(tmp_path / "arm", {("c", type_): _moved(model, suffix, snr)}))
+    assert ok is passes and rows[0]["passed"] is passes
 
 
-def test_each_type_is_held_to_its_bar(tmp_path, f32):
-    q4_x86 = _noisy(f32, 20.0, 1)  # the quantization error: Q4_K_M is held to 20 dB
-    x86 = _side(tmp_path / "x86", {("c", "F32"): f32, ("c", "Q8_0"): f32, ("c", "Q4_K_M"): q4_x86})
-    arm = {
-        ("c", "F32"): _noisy(f32, 61.0, 2),
-        ("c", "Q8_0"): _noisy(f32, 41.0, 3),
-        ("c", "Q4_K_M"): _noisy(q4_x86, 21.0, 4),
-    }
-    rows, ok = compare_runs(x86, _side(tmp_path / "arm", arm))
-    assert ok and [r["passed"] for r in rows] == [True] * 3
-    bars = {r["type"]: r["bar_db"] for r in rows}
-    assert bars["F32"] == 60 and bars["Q8_0"] == 40 and bars["Q4_K_M"] == pytest.approx(20.0, abs=0.01)
-
-    for key, snr in ((("c", "F32"), 59.0), (("c", "Q8_0"), 39.0), (("c", "Q4_K_M"), 19.0)):
-        worse = dict(arm)
-        worse[key] = _noisy(f32 if key[1] != "Q4_K_M" else q4_x86, snr, 5)
-        rows, ok = compare_runs(x86, _side(tmp_path / f"arm-{key[1]}", worse))
-        assert not ok and [r["type"] for r in rows if not r["passed"]] == [key[1]]
-
-
-def test_frame_counts_and_f32_bytes_must_match(tmp_path, f32):
-    x86 = _side(tmp_path / "x86", {("c", "F32"): f32, ("c", "Q8_0"): f32})
-    longer = np.concatenate([f32, f32[:SAMPLES_PER_FRAME]])
-    rows, ok = compare_runs(x86, _side(tmp_path / "a", {("c", "F32"): f32, ("c", "Q8_0"): longer}))
+def test_frame_counts_and_f32_bytes_must_match(tmp_path):
+    x86 = _side(tmp_path / "x86", {("c", "F32"): _model(), ("c", "Q8_0"): _model()})
+    longer = _model(frames=FRAMES + 1)
+    rows, ok = compare_runs(x86, _side(tmp_path / "a", {("c", "F32"): _model(), ("c", "Q8_0"): longer}))
     assert not ok and [r["passed"] for r in rows] == [True, False]
-    other_bytes = {("c", "F32"): "different"}
-    rows, ok = compare_runs(x86, _side(tmp_path / "b", {("c", "F32"): f32, ("c", "Q8_0"): f32}, other_bytes))
+    other_bytes = {("c", "F32"): "different", ("c", "Q8_0"): "different"}  # Q8_0's may differ
+    rows, ok = compare_runs(x86, _side(tmp_path / "b", {("c", "F32"): _model(), ("c", "Q8_0"): _model()}, other_bytes))
     assert not ok and [r["passed"] for r in rows] == [False, True]
-    _, ok = compare_runs(x86, _side(tmp_path / "c", {("c", "F32"): f32}))  # a model missing
+    _, ok = compare_runs(x86, _side(tmp_path / "c", {("c", "F32"): _model()}))  # a model missing
     assert not ok
 
 
-def test_compare_command_prints_the_table_and_fails_with_exit_1(tmp_path, f32):
-    x86 = _side(tmp_path / "x86", {("c", "F32"): f32})
-    good = _side(tmp_path / "good", {("c", "F32"): f32})
+def test_compare_command_prints_the_table_and_fails_with_exit_1(tmp_path):
+    model = _model()
+    x86 = _side(tmp_path / "x86", {("c", "Q8_0"): model})
+    good = _side(tmp_path / "good", {("c", "Q8_0"): _moved(model, "", 45.0)})
     r = CliRunner().invoke(crossarch.main, ["compare", str(x86), str(good), "--label", "arm"])
-    assert r.exit_code == 0 and "| c F32 | 5 / 5 | identical | >= 60.0 | yes |" in r.output
-    bad = _side(tmp_path / "bad", {("c", "F32"): _noisy(f32, 10.0, 1)})
+    assert r.exit_code == 0, r.output
+    row = (
+        "| c Q8_0 | 5 / 5 | yes | 45.0 (>= 40.0) | identical (>= 40.0) | identical (>= 40.0) | 38.0 | 1.0 / 1.0 | ok |"
+    )
+    assert row in r.output
+    bad = _side(tmp_path / "bad", {("c", "Q8_0"): _moved(model, "-tf", 10.0)})
     r = CliRunner().invoke(crossarch.main, ["compare", str(x86), str(bad), "--label", "arm"])
     assert r.exit_code == 1 and "FAILED" in r.output
