@@ -30,7 +30,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -358,19 +357,34 @@ def budget(limit_mb: int, command: tuple[str, ...]) -> None:
     """Run COMMAND in a memory cgroup of LIMIT_MB; exit 1 if it fails or the kernel kills anything."""
     group = _MemoryCgroup(limit_mb << 20)
     try:
-        proc = subprocess.run(command, check=False, preexec_fn=group.add_self)
+        proc = subprocess.Popen(command, preexec_fn=group.add_self)  # noqa: PLW1509 (no threads here)
+        rss = _watch_peak_rss_mb(proc)
         kills = group.oom_kills()
         peak = group.peak_bytes()
     finally:
         group.remove()
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    charged = "n/a" if peak is None else f"{peak / 2**20:.1f} MB (incl. page cache)"
+    charged = "n/a" if peak is None else f"{peak / 2**20:.1f} MB (RSS and page cache)"
     click.echo(
         f"memory budget {limit_mb} MB: exit {proc.returncode}, OOM kills {kills}, peak RSS {rss:.1f} MB, "
         f"cgroup peak {charged}: {' '.join(command)}"
     )
     if proc.returncode != 0 or kills:
         raise SystemExit(1)
+
+
+def _watch_peak_rss_mb(proc: subprocess.Popen, every_s: float = 0.02) -> float:
+    """The child's VmHWM, sampled until it exits (getrusage's RUSAGE_CHILDREN would also count this
+    process's RSS at fork, which Linux carries across exec)."""
+    status, peak = Path(f"/proc/{proc.pid}/status"), 0.0
+    while proc.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+        except (OSError, ValueError, IndexError):  # between exec's, or gone
+            pass
+        time.sleep(every_s)
+    return peak
 
 
 if __name__ == "__main__":

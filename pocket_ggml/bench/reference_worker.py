@@ -42,6 +42,25 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 PROGRESS_PREFIX = "pocket-bench-progress: "  # stderr lines pocket-bench shows as progress
+
+
+def _vm_hwm_mb() -> float | None:
+    """VmHWM: the peak RSS of this program since it started or since the last reset (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _peak_rss_mb() -> float:
+    """VmHWM where Linux has it: getrusage's maxrss also counts the parent's RSS at fork (as in worker.py)."""
+    hwm = _vm_hwm_mb()
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 PROFILE_FRAMES = 16
 PROFILE_RUNS = 3
 ROOF_SHAPE = (256, 2048, 2048)
@@ -251,7 +270,7 @@ def run(spec: dict) -> dict:
             "load_s": load_s,
             "voice_encode_s": voice_times[1:],
             "voice_encode_cold_s": voice_times[0],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "peak_rss_mb": _peak_rss_mb(),
         }
     _log(f"{tag}: voice state cached in {spec.get('voice_state') or spec['voice']}")
     state = model.get_state_for_audio_prompt(Path(spec.get("voice_state") or spec["voice"]))
@@ -265,6 +284,7 @@ def run(spec: dict) -> dict:
             samples += int(chunk.shape[-1])
         return first, time.perf_counter() - t0, samples
 
+    peak_before_runs_mb = _peak_rss_mb()
     try:  # reset VmHWM: the peak of the generation runs alone is read too
         Path("/proc/self/clear_refs").write_text("5")
         hwm_reset = True
@@ -278,12 +298,8 @@ def run(spec: dict) -> dict:
         if samples != expected:
             raise RuntimeError(f"the reference generated {samples} samples, expected {expected}")
         runs.append((first, total))
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    generation_rss_mb = None
-    if hwm_reset:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                generation_rss_mb = int(line.split()[1]) / 1024.0
+    generation_rss_mb = _vm_hwm_mb() if hwm_reset else None
+    peak_rss_mb = max(peak_before_runs_mb, _peak_rss_mb())
 
     _log(f"{tag}: profiling pass (hooks, roof)")
     prof = profile(model, state, spec, torch)

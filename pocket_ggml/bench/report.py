@@ -310,8 +310,9 @@ def markdown(doc: Mapping[str, Any]) -> str:
         "stage ms: " + " || ".join(sorted(methods)),
         "GFLOP/s: FLOPs counted from the config (2 x weights touched per row, attention 4 x keys x width), "
         "achieved = FLOPs of a run / wall; roof at the column's thread count: " + " || ".join(sorted(roofs)),
-        "peak RSS: getrusage maxrss of each configuration's own processes: voice cached = import, load, the saved "
-        "voice state loaded, runs, read before the profiling pass; from the first run on: VmHWM reset before the "
+        "peak RSS: VmHWM (getrusage where Linux lacks it) of each configuration's own processes: voice cached = "
+        "import, load, the saved voice state loaded, runs, read before the profiling pass; from the first run on: "
+        "VmHWM reset before the "
         "first run (memory still held counts); cloning = the process that loads and encodes the voice from the wav; "
         "import: the import statement in a fresh interpreter (pocket-tts: at the start of each of its children).",
     ]

@@ -73,8 +73,12 @@ def fix_frame_count(model: object, frames: int) -> None:
 
 
 def _peak_rss_mb() -> float:
-    """The process's peak RSS since it started (getrusage; KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """The process's peak RSS since it started: VmHWM where Linux has it, which is this program's own.
+    getrusage's maxrss also counts the parent's RSS when it forked this process (Linux carries the
+    old address space's high-water mark across exec): a pocket-bench that had just written the
+    reference's 438 MB safetensors made every child look 484 MB big."""
+    hwm = rss_high_water_mark_mb()
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def reset_rss_high_water_mark() -> bool:
@@ -153,6 +157,7 @@ def run(spec: WorkerSpec, progress: Callable[[str], None] = lambda _m: None) -> 
     progress(f"{tag}: voice state cached in {spec.voice_state or spec.voice}")
     voice = model.get_state_for_audio_prompt(spec.voice_state or spec.voice)
 
+    peak_before_runs_mb = _peak_rss_mb()
     hwm_reset = reset_rss_high_water_mark()  # so that the generation's own peak can be read too
     runs = []
     for i in range(1 + spec.runs):
@@ -161,8 +166,8 @@ def run(spec: WorkerSpec, progress: Callable[[str], None] = lambda _m: None) -> 
         if samples != spec.frames * frame_size:
             raise RuntimeError(f"generated {samples} samples, expected {spec.frames} frames of {frame_size}")
         runs.append((first, total))
-    peak_rss_mb = _peak_rss_mb()
     generation_rss_mb = rss_high_water_mark_mb() if hwm_reset else None
+    peak_rss_mb = max(peak_before_runs_mb, _peak_rss_mb())
     weights_kind = "synthetic" if model.is_synthetic else "real"
     model.close()
 
