@@ -22,7 +22,7 @@
 # Needs root (binfmt_misc, chroot, mounts, cgroups). Where it cannot run it fails loudly unless
 # POCKET_SKIP_AARCH64=1. It undoes every mount and registration it made. The root filesystem and the
 # built ggml-python wheels are kept in POCKET_AARCH64_CACHE (default ~/.cache/pocket-ggml/aarch64);
-# without them it rebuilds everything (~25 min more on 2 cores).
+# without them it rebuilds everything (measured here: root filesystem 4.3 min, the two wheels 9.5 min side by side).
 #
 # Environment: POCKET_HOST_PYTHON (x86 interpreter with pocket-ggml and the reference; default .venv),
 # POCKET_AARCH64_PRESETS (default "pi4 phone"), POCKET_AARCH64_CACHE, POCKET_SKIP_AARCH64.
