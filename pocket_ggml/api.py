@@ -223,8 +223,9 @@ class TTSModel:
         stop: threading.Event | None = None,
         seed: int | None = None,
     ) -> Iterator[np.ndarray]:
-        """Audio chunks (one latent frame, 80 ms, each) as they are decoded. The FlowLM runs on a
-        worker thread one frame ahead of the Mimi decoder; setting `stop` ends within a frame."""
+        """Audio chunks (one latent frame, 80 ms, each) as they are decoded. The FlowLM and the Mimi
+        decoder's transformer run on a worker thread ahead of the SEANet decoder, which runs in the
+        caller's thread; setting `stop` ends within a frame."""
         if not isinstance(model_state, VoiceState):
             raise VoiceStateError("model_state must come from get_state_for_audio_prompt or load_voice_state")
         self._checked(model_state)
@@ -256,30 +257,35 @@ class TTSModel:
             for chunk in chunks:
                 if stop.is_set():
                     return
-                latents: queue.Queue = queue.Queue(maxsize=4)
+                # Two threads per chunk, each a fixed share of a frame: the worker runs the FlowLM step
+                # and the first half of the Mimi decoder (its transformer), the consumer the SEANet.
+                # On two cores this halves what one core does per frame (the SEANet alone is about as
+                # long as the other three stages together).
+                hidden: queue.Queue = queue.Queue(maxsize=4)
                 failure: list[BaseException] = []
                 halt = threading.Event()  # this chunk is over: the consumer stopped or left
+                mimi = self._rt.mimi
 
                 def produce(text: str = chunk) -> None:
                     try:
                         noise = lambda: sample_noise(rng, dim, settings.temperature, settings.noise_clamp)  # noqa: E731
                         halted = lambda: halt.is_set() or stop.is_set()  # noqa: E731
                         for frame in self._rt.frames(voice.snapshot, text, settings, noise, should_stop=halted):
-                            latents.put(frame.latent)
+                            hidden.put(mimi.transform(frame.latent[None, :]))
                     except BaseException as e:  # handed to the consumer, raised there
                         failure.append(e)
                     finally:
-                        latents.put(None)
+                        hidden.put(None)
 
                 worker = threading.Thread(target=produce, name="pocket-flow-lm", daemon=True)
-                self._rt.mimi.reset()
+                mimi.reset()
                 worker.start()
                 try:
-                    while (latent := latents.get()) is not None and not stop.is_set():
-                        yield self._rt.mimi.decode(latent[None, :])
+                    while (steps := hidden.get()) is not None and not stop.is_set():
+                        yield mimi.synthesize(steps)
                 finally:
                     halt.set()
-                    _drain(latents, worker)
+                    _drain(hidden, worker)
                 if failure:
                     raise failure[0]
 
@@ -300,11 +306,11 @@ class TTSModel:
         self._rt.close()
 
 
-def _drain(latents: queue.Queue, worker: threading.Thread) -> None:
+def _drain(queued: queue.Queue, worker: threading.Thread) -> None:
     """Let the FlowLM worker finish (it stops before its next frame once halted)."""
     while worker.is_alive():
         try:
-            latents.get(timeout=0.05)
+            queued.get(timeout=0.05)
         except queue.Empty:
             pass
     worker.join()

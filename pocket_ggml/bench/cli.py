@@ -134,8 +134,9 @@ def main(
     json_path: str | None,
     info: bool,
 ) -> None:
-    """Benchmark pocket-ggml (FlowLM on a worker thread, Mimi in the consumer, as the product runs)
-    through the public TTSModel API, with the voice state computed before timing.
+    """Benchmark pocket-ggml (FlowLM and the Mimi transformer on a worker thread, the SEANet decoder in
+    the consumer, as the product runs) through the public TTSModel API, with the voice state computed
+    before timing.
 
     \b
       pocket-bench                                   # synthetic english Q4_K_M, 125 frames, 1 thread

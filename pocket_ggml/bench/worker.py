@@ -7,9 +7,9 @@ configuration, one per phase, so that each peak RSS is that phase's alone). In o
 2. voice: in the "voice" phase (a process of its own), `get_state_for_audio_prompt(wav)` once cold,
    then warm repetitions (timed), and the state saved; the "generate" phase loads that state (the voice
    cached, as a user's program would) and goes on:
-3. generation through the product path, `generate_audio_stream` (FlowLM on its worker thread, Mimi
-   in the consumer): one cold run (the first after load), then `runs` warm runs; each run times text
-   submitted -> first chunk and -> last chunk;
+3. generation through the product path, `generate_audio_stream` (FlowLM and the Mimi transformer
+   on its worker thread, the SEANet decoder in the consumer): one cold run (the first after load),
+   then `runs` warm runs; each run times text submitted -> first chunk and -> last chunk;
 4. the peak RSS (getrusage) is read here, before anything else allocates; so is the peak during the
    generation runs alone (VmHWM, reset before the first run through /proc/self/clear_refs);
 5. an untimed profiling pass on a second `PocketRuntime` of the same file: the product's text prefill,

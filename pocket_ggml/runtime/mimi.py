@@ -65,6 +65,7 @@ from pocket_ggml.runtime.ggml_backend import (
     StateStore,
     Tensor,
     WeightStore,
+    as_f16,
     dequantize,
     has_llamafile,
 )
@@ -79,7 +80,9 @@ ENCODER_CHUNK_FRAMES = 4  # 0.32 s of prompt per encoder graph: ~14 MB of activa
 _K_QUANTS = (GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K)
 
 
-def channel_fast_copies(weights: WeightStore, plan: tuple, *, from_quantized: bool) -> dict[str, np.ndarray | RawTensor]:
+def channel_fast_copies(
+    weights: WeightStore, plan: tuple, *, from_quantized: bool
+) -> dict[str, np.ndarray | RawTensor]:
     """Channel-fast copies of a SEANet plan's kernels (conv.py: no im2col, col2im or transposes) that
     `weights` lacks: F32/F16 convs and transposed convs of any type; with `from_quantized`, also convs
     in a block type, dequantized to F16 (a block's rows cannot be reordered in place)."""
@@ -95,7 +98,7 @@ def channel_fast_copies(weights: WeightStore, plan: tuple, *, from_quantized: bo
         elif ggml_type in (GGML_TYPE_F32, GGML_TYPE_F16):
             copies[name] = channel_fast_kernel(weights.get(source), conv.kernel)
         elif from_quantized:
-            values = dequantize(weights.get(source), ggml_type, shape).astype(np.float16)
+            values = as_f16(dequantize(weights.get(source), ggml_type, shape))
             copies[name] = channel_fast_kernel(values, conv.kernel)
     return copies
 
@@ -114,7 +117,7 @@ def prepare_decoder_weights(cfg: PocketConfig, weights: WeightStore, backend: Cp
             gguf = gguf_name(name)
             ggml_type = weights.ggml_type(gguf)
             if name.startswith(f"mimi.{DECODER_TRANSFORMER}.") and ggml_type in _K_QUANTS:
-                copies[gguf] = dequantize(weights.get(gguf), ggml_type, weights.shape(gguf)).astype(np.float16)
+                copies[gguf] = as_f16(dequantize(weights.get(gguf), ggml_type, weights.shape(gguf)))
     weights.put(backend, copies)
 
 
@@ -153,7 +156,10 @@ class MimiDecoder:
         )
         self._caches = layer_caches(self.state, DECODER_TRANSFORMER, shape)
         self._kv = KVCache(capacity, context)
-        self._runner = GraphRunner(backend)
+        # the transformer half runs on a backend of its own: it may run beside the SEANet half
+        self._transformer_backend = CpuBackend(backend.n_threads)
+        self._transformer_runner = GraphRunner(self._transformer_backend)
+        self._seanet_runner = GraphRunner(backend)
         # torch.linspace(0, 1, n), as the reference's fade; 1 ulp from it at most
         self._fade_in = np.linspace(0.0, 1.0, m.sample_rate // FADE_IN_RATE, dtype=np.float32)
         self._fade_pending = True
@@ -172,7 +178,8 @@ class MimiDecoder:
     def decode(
         self, latents: np.ndarray, stages: bool = False
     ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Normalised latents (n_frames, latent_dim) -> n_frames * frame_size float32 samples.
+        """Normalised latents (n_frames, latent_dim) -> n_frames * frame_size float32 samples:
+        `transform` then `synthesize`.
 
         With `stages`, also the intermediates named as in the reference dump, each in the layout of one
         reference call without the batch axis: mimi_dec_latent_in (n, latent_dim), mimi_dec_quantizer_out
@@ -180,6 +187,32 @@ class MimiDecoder:
         before the fade-in).
         """
         x = self._check(latents)
+        if not stages:
+            return self.synthesize(self._transform(x, stages=False)["transformer_out"])
+        out = self._transform(x, stages=True)
+        hidden = out["transformer_out"]
+        raw = self._seanet(hidden)
+        audio = self._faded(raw.copy())
+        n_frames, m = x.shape[0], self.cfg.mimi
+        return audio, {
+            "mimi_dec_latent_in": out["latent_in"].reshape(n_frames, m.latent_dim),
+            "mimi_dec_quantizer_out": np.ascontiguousarray(out["quantizer_out"].reshape(n_frames, -1).T),
+            "mimi_dec_upsample_out": np.ascontiguousarray(out["upsample_out"].T),
+            "mimi_dec_transformer_out": np.ascontiguousarray(hidden.T),
+            "mimi_dec_seanet_out": raw,
+        }
+
+    def transform(self, latents: np.ndarray) -> np.ndarray:
+        """First half of `decode`: denormalisation, quantizer projection, upsample and the decoder
+        transformer -> its output steps, the input of `synthesize`. The two halves keep separate
+        state and graphs, so a stream can run them on two threads (each half in order)."""
+        return self._transform(self._check(latents), stages=False)["transformer_out"]
+
+    def synthesize(self, hidden: np.ndarray) -> np.ndarray:
+        """Second half of `decode`: the SEANet decoder over `transform`'s output -> audio samples."""
+        return self._faded(self._seanet(hidden))
+
+    def _transform(self, x: np.ndarray, stages: bool) -> dict[str, np.ndarray]:
         m = self.cfg.mimi
         steps = m.resample_stride * x.shape[0]
         # Attention always reads the whole ring, so every call of n frames has the same graph.
@@ -193,35 +226,39 @@ class MimiDecoder:
             z = ggml.ggml_add(ctx, ggml.ggml_mul(ctx, g.input("latents", x.shape), std), mean)
             q = quantizer_output_proj(g, w, m, z)
             up = conv_tr_upsample(g, w, m, q, self.state)
-            out = {"latent_in": z, "quantizer_out": q, "upsample_out": up} if stages else {}
             attn = attention_inputs(g, plan, "attn", feed=False)
             (y,) = projected_transformer(
                 g, w, f"mimi.{DECODER_TRANSFORMER}", up, m.decoder_transformer, attn, self._caches
             )
-            out["audio"] = seanet_decoder(g, w, m.decoder_seanet, y, self.state)
-            if stages:
-                out["transformer_out"] = y
-            return out
+            return {
+                "transformer_out": y,
+                **({"latent_in": z, "quantizer_out": q, "upsample_out": up} if stages else {}),
+            }
 
         key = None if stages else x.shape[0]
-        out = self._runner.run(build, {"latents": x, **attention_arrays(plan, "attn")}, key=key)
+        out = self._transformer_runner.run(build, {"latents": x, **attention_arrays(plan, "attn")}, key=key)
         self._kv.advance(steps)
-        audio = out["audio"].reshape(-1)
-        raw = audio.copy() if stages else None
+        return out
+
+    def _seanet(self, hidden: np.ndarray) -> np.ndarray:
+        m = self.cfg.mimi
+        steps, channels = hidden.shape
+        if channels != m.decoder_seanet.dimension or not 1 <= steps <= m.resample_stride * self.max_frames_per_call:
+            raise LatentError(f"decoder transformer output of shape {hidden.shape} does not fit this decoder")
+
+        def build(g: Graph) -> dict[str, Tensor]:
+            return {
+                "audio": seanet_decoder(g, self._weights, m.decoder_seanet, g.input("hidden", hidden.shape), self.state)
+            }
+
+        return self._seanet_runner.run(build, {"hidden": hidden}, key=steps)["audio"].reshape(-1)
+
+    def _faded(self, audio: np.ndarray) -> np.ndarray:
         if self._fade_pending:
             n = min(self._fade_in.size, audio.size)
             audio[:n] *= self._fade_in[:n]
             self._fade_pending = False
-        if not stages:
-            return audio
-        n_frames = x.shape[0]
-        return audio, {
-            "mimi_dec_latent_in": out["latent_in"].reshape(n_frames, m.latent_dim),
-            "mimi_dec_quantizer_out": np.ascontiguousarray(out["quantizer_out"].reshape(n_frames, -1).T),
-            "mimi_dec_upsample_out": np.ascontiguousarray(out["upsample_out"].T),
-            "mimi_dec_transformer_out": np.ascontiguousarray(out["transformer_out"].T),
-            "mimi_dec_seanet_out": raw,
-        }
+        return audio
 
     def _check(self, latents: np.ndarray) -> np.ndarray:
         a = np.asarray(latents)
@@ -235,6 +272,9 @@ class MimiDecoder:
         return np.ascontiguousarray(a, dtype=np.float32)
 
     def close(self) -> None:
+        self._transformer_runner.close()
+        self._seanet_runner.close()
+        self._transformer_backend.close()
         self.state.close()
 
 
