@@ -22,7 +22,7 @@ from pocket_ggml.ggml_graphs.flow_lm import (
 )
 from pocket_ggml.ggml_graphs.transformer import TransformerShape, kv_cache_specs, layer_caches
 from pocket_ggml.quantize.config import PocketConfig
-from pocket_ggml.runtime.ggml_backend import CpuBackend, GraphRunner, StateStore, WeightStore
+from pocket_ggml.runtime.ggml_backend import GGML_TYPE_F32, CpuBackend, GraphRunner, StateStore, WeightStore
 
 CACHE_NAME = "lm"
 STEP_KEYS = 32  # a step graph is kept for this many steps (see FlowLM._call)
@@ -54,13 +54,27 @@ class FlowLMOutput:
 class FlowLM:
     """One FlowLM generation context on a backend: cache capacity grows on demand."""
 
-    def __init__(self, cfg: PocketConfig, weights: WeightStore, backend: CpuBackend, decode_steps: int = 1):
+    def __init__(
+        self,
+        cfg: PocketConfig,
+        weights: WeightStore,
+        backend: CpuBackend,
+        decode_steps: int = 1,
+        prompt_threads: int | None = None,
+        kv_type: int = GGML_TYPE_F32,
+    ):
+        """`prompt_threads`: threads for voice and text prompts (default: the backend's), which
+        multiply many rows at once and scale with threads, unlike a single-row step. `kv_type`: the
+        cache's type; F16 halves its memory and what each step reads from it, and rounds K and V to
+        F16 (snapshots are F32 either way)."""
         if decode_steps < 1:
             raise GenerationError(f"lsd decode steps must be >= 1, got {decode_steps}")
         self.cfg = cfg
         self.weights = weights
         self.backend = backend
         self.decode_steps = decode_steps
+        self.prompt_threads = prompt_threads or backend.n_threads
+        self.kv_type = kv_type
         self.shape = TransformerShape.for_flow_lm(cfg.flow_lm)
         self.latent_dim = cfg.mimi.latent_dim
         self.bos_emb = weights.get("lm.bos_emb").astype(np.float32)
@@ -80,19 +94,26 @@ class FlowLM:
         if self._state is not None:
             self.runner.release()
             self._state.close()
-        self._state = StateStore(self.backend, kv_cache_specs(CACHE_NAME, self.shape, capacity))
+        capacity = -(-capacity // STEP_KEYS) * STEP_KEYS
+        self._state = StateStore(self.backend, kv_cache_specs(CACHE_NAME, self.shape, capacity, self.kv_type))
         self.kv = KVCache(capacity)
         if kept is not None:
             self.restore(kept)
 
     def reset(self) -> None:
+        """An empty cache: zeros everywhere (attention reads masked slots too, which must be finite)."""
         self.kv.reset()
+        if self._state is not None:
+            self._state.reset()
 
     def snapshot(self) -> FlowLMSnapshot:
         n, layers = self.offset, self.shape.num_layers
         assert self._state is not None
-        k = np.stack([self._state.get(f"{CACHE_NAME}.{i}.k")[:n] for i in range(layers)])
-        v = np.stack([self._state.get(f"{CACHE_NAME}.{i}.v")[:, :n].T for i in range(layers)])  # stored (kv, cap)
+        k = np.stack([self._state.get(f"{CACHE_NAME}.{i}.k")[:n] for i in range(layers)]).astype(np.float32, copy=False)
+        # V is stored transposed, (kv_dim, capacity)
+        v = np.stack([self._state.get(f"{CACHE_NAME}.{i}.v")[:, :n].T for i in range(layers)]).astype(
+            np.float32, copy=False
+        )
         return FlowLMSnapshot(k, v)
 
     def restore(self, snap: FlowLMSnapshot, extra_rows: int = 0) -> None:
@@ -139,11 +160,12 @@ class FlowLM:
                 f"the FlowLM cache holds {self.kv.capacity} rows; {self.offset} used, {n_rows} more asked"
             )
         noise = np.zeros((1, self.latent_dim), np.float32) if noise is None else noise.reshape(1, self.latent_dim)
-        # A plain step keeps its graph: attention reads the cache rounded up to STEP_KEYS rows (the
-        # rows past the offset are masked), so one graph serves STEP_KEYS consecutive steps.
+        # Attention reads the cache rounded up to STEP_KEYS rows (the rows past the offset are
+        # masked): a plain step keeps its graph for STEP_KEYS consecutive steps, and every call's key
+        # count suits LLAMAFILE's sgemm (a multiple of its vector width).
         keep = cond is None and not stages
         end = self.offset + n_rows
-        plan = self.kv.plan(n_rows, min_keys=-(-end // STEP_KEYS) * STEP_KEYS if keep else 0)
+        plan = self.kv.plan(n_rows, min_keys=-(-end // STEP_KEYS) * STEP_KEYS)
         caches = layer_caches(self._state, CACHE_NAME, self.shape)
         cfg, w = self.cfg.flow_lm, self.weights
         n_out = n_rows if stages else 1
@@ -181,7 +203,8 @@ class FlowLM:
         arrays = {"noise": noise.astype(np.float32)}
         if keep:
             arrays |= {"latents": latent_rows, **attention_arrays(plan, "attn")}
-        out = self.runner.run(build, arrays, key=("step", plan.n_keys) if keep else None)
+        with self.backend.threads(self.backend.n_threads if cond is None else self.prompt_threads):
+            out = self.runner.run(build, arrays, key=("step", plan.n_keys) if keep else None)
         self.kv.advance(n_rows)
         latent = out.pop("latent").reshape(self.latent_dim)
         eos = float(out.pop("eos_logit").reshape(()))

@@ -6,6 +6,7 @@ Weights are mapped once and shared; the FlowLM and the Mimi decoder each have th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from pocket_ggml.runtime.generate import (
     frames_after_eos_for,
     generate_latents,
 )
-from pocket_ggml.runtime.ggml_backend import CpuBackend, WeightStore, repackable
+from pocket_ggml.runtime.ggml_backend import GGML_TYPE_F16, GGML_TYPE_F32, CpuBackend, WeightStore, repackable
 from pocket_ggml.runtime.mimi import MimiDecoder, MimiEncoder
 from pocket_ggml.runtime.model_file import ModelFile
 from pocket_ggml.runtime.text import Tokenizer, prepare_text_prompt
@@ -76,7 +77,15 @@ class PocketRuntime:
         self.weights = self.file.load_weights(self.backend)
         prepare_weights(self.weights, self.backend)
         self.tokenizer = Tokenizer(self.file.tokenizer_bytes(), self.file.info.tokenizer_kind)
-        self.flow_lm = FlowLM(self.config, self.weights, self.backend, decode_steps)
+        # Prompts (voice and text) run while the Mimi decoder is idle: they get its threads too.
+        self.prompt_threads = max(threads, min(threads + mimi_threads, len(os.sched_getaffinity(0))))
+        # K and V come from the in_proj matrix: where it is block-quantized, its error is far above
+        # F16's rounding, and an F16 cache halves the cache's memory and what each step reads of it.
+        qkv_types = {
+            self.weights.ggml_type(f"lm.blk.{i}.attn_qkv.weight") for i in range(self.config.flow_lm.num_layers)
+        }
+        kv_type = GGML_TYPE_F32 if qkv_types & {GGML_TYPE_F32, GGML_TYPE_F16} else GGML_TYPE_F16
+        self.flow_lm = FlowLM(self.config, self.weights, self.backend, decode_steps, self.prompt_threads, kv_type)
         self.mimi = MimiDecoder(self.config, self.weights, self.mimi_backend)
         self._encoder: MimiEncoder | None = None
 
@@ -97,7 +106,9 @@ class PocketRuntime:
         if self._encoder is None:
             self._encoder = MimiEncoder(self.config, self.weights, self.backend)
         m = self.config.mimi
-        return self._encoder.encode(prepare_voice_prompt(audio, sample_rate, m.sample_rate, m.frame_size))
+        prompt = prepare_voice_prompt(audio, sample_rate, m.sample_rate, m.frame_size)
+        with self.backend.threads(self.prompt_threads):
+            return self._encoder.encode(prompt)
 
     def voice_state(self, latents: np.ndarray) -> FlowLMSnapshot:
         """The FlowLM cache after the voice prompt: what every text chunk starts from."""
