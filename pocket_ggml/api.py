@@ -8,8 +8,8 @@ Switching from the official package is an import change:
     audio = model.generate_audio(voice, "Hello world.")  # float32 numpy at model.sample_rate
 
 Long text is split into sentence chunks (<= 50 tokens by default), each generated from a fresh copy
-of the voice state. `generate_audio_stream` runs the FlowLM and the Mimi decoder on two threads and
-yields each 80 ms chunk as soon as it is decoded.
+of the voice state. `generate_audio_stream` runs the FlowLM step and the Mimi transformer on a worker
+thread, the SEANet decoder in the caller's, and yields each 80 ms chunk as soon as it is decoded.
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ def make_record(
         "cold_rtf": totals[0] / audio,
         "cold_first_audio_ms": firsts[0],
     }
-    for key in ("flow_lm_step_ms", "mimi_decode_ms", "text_prefill_ms", "stage_method", "roof_method"):
+    for key in ("flow_lm_step_ms", "mimi_decode_ms", "text_prefill_ms", "stage_method", "roof_method", "ggml_threads"):
         rec[key] = raw.get(key)
     for s in STAGES:
         rec[f"{s}_ms"] = raw.get(f"{s}_ms")
@@ -213,6 +213,10 @@ def _spread(r: Mapping[str, Any], key: str, digits: int) -> str:
 
 _ROWS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
     ("**realtime factor** (audio s / wall s), median (min-max)", lambda r: _spread(r, "realtime_factor", 2)),
+    (
+        "threads run: FlowLM step + Mimi transformer / SEANet / prompts",
+        lambda r: " / ".join(map(str, r["ggml_threads"])) if r.get("ggml_threads") else f"torch {r['threads']}",
+    ),
     ("RTF (wall s / audio s)", lambda r: _spread(r, "rtf", 3)),
     ("first audio ms (text submitted -> first chunk)", lambda r: _spread(r, "first_audio_ms", 1)),
     (

@@ -169,6 +169,8 @@ def run(spec: WorkerSpec, progress: Callable[[str], None] = lambda _m: None) -> 
     generation_rss_mb = rss_high_water_mark_mb() if hwm_reset else None
     peak_rss_mb = max(peak_before_runs_mb, _peak_rss_mb())
     weights_kind = "synthetic" if model.is_synthetic else "real"
+    rt = model._rt  # type: ignore[attr-defined]
+    ggml_threads = [rt.threads, rt.mimi_threads, rt.prompt_threads]  # after the runtime's cap
     model.close()
 
     progress(f"{tag}: profiling pass (stages, prefill, roof)")
@@ -185,6 +187,7 @@ def run(spec: WorkerSpec, progress: Callable[[str], None] = lambda _m: None) -> 
         "peak_rss_mb": peak_rss_mb,
         "peak_rss_generation_mb": generation_rss_mb,
         "weights_kind": weights_kind,
+        "ggml_threads": ggml_threads,
         **prof,
     }
 
