@@ -117,6 +117,30 @@ def test_decoder_several_frames_per_call_matches_reference(dumps, backend):
     assert snr_db(audio, dump["waveform"]) >= MIN_SNR_DB
 
 
+def test_decoder_halves_on_two_threads_give_decode_audio(dumps, backend):
+    """`transform` on one thread and `synthesize` on another, pipelined as generate_audio_stream runs
+    them, give exactly `decode`'s audio (the same graphs on the same state)."""
+    config = "english_2m_2026-10"
+    mf, weights = _model(config, backend)
+    latents = dumps[config, 0.3]["step_latent"]
+    whole = MimiDecoder(mf.config, weights, backend)
+    expected = [whole.decode(latents[i : i + 1]) for i in range(FRAMES)]
+    halves = MimiDecoder(mf.config, weights, backend)
+    with ThreadPoolExecutor(1) as worker:
+        hidden = [worker.submit(halves.transform, latents[i : i + 1]) for i in range(FRAMES)]
+        audio = [halves.synthesize(h.result()) for h in hidden]
+    assert all(np.array_equal(a, b) for a, b in zip(audio, expected))
+    for bad in (
+        np.zeros(mf.config.mimi.decoder_seanet.dimension, np.float32),  # not (steps, channels)
+        np.zeros((16, 3), np.float32),
+        np.zeros((0, mf.config.mimi.decoder_seanet.dimension), np.float32),
+        np.full((16, mf.config.mimi.decoder_seanet.dimension), np.inf, np.float32),
+        np.zeros((16, mf.config.mimi.decoder_seanet.dimension), np.int32),
+    ):
+        with pytest.raises(LatentError):
+            halves.synthesize(bad)
+
+
 def _rss_bytes() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 

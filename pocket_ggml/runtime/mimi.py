@@ -1,10 +1,10 @@
 """The Mimi codec at run time: streaming latents -> audio, and voice-prompt audio -> latents.
 
 `MimiDecoder` mirrors the reference's Mimi thread (`TTSModel._decode_audio_worker` +
-`MimiModel.decode_from_latent`): one graph per call runs denormalisation, the quantizer projection, the
-x16 upsample, the decoder transformer and the SEANet decoder. Its state (conv histories, transposed-conv
-partials, ring KV caches sized for the context window) is allocated once, so memory does not grow with
-the audio length.
+`MimiModel.decode_from_latent`) in two graphs per call: `transform` (denormalisation, the quantizer
+projection, the x16 upsample, the decoder transformer) and `synthesize` (the SEANet decoder), which a
+stream runs on two threads. Its state (conv histories, transposed-conv partials, ring KV caches sized
+for the context window) is allocated once, so memory does not grow with the audio length.
 
 `MimiEncoder` mirrors `MimiModel.encode_to_latent` (the reference runs it without state over the whole
 prompt). We run it in chunks of `ENCODER_CHUNK_FRAMES` frames with streaming state instead: the SEANet
@@ -242,9 +242,22 @@ class MimiDecoder:
 
     def _seanet(self, hidden: np.ndarray) -> np.ndarray:
         m = self.cfg.mimi
-        steps, channels = hidden.shape
-        if channels != m.decoder_seanet.dimension or not 1 <= steps <= m.resample_stride * self.max_frames_per_call:
-            raise LatentError(f"decoder transformer output of shape {hidden.shape} does not fit this decoder")
+        a = np.asarray(hidden)
+        max_steps = m.resample_stride * self.max_frames_per_call
+        if (
+            a.dtype.kind != "f"
+            or a.ndim != 2
+            or a.shape[1] != m.decoder_seanet.dimension
+            or not 1 <= a.shape[0] <= max_steps
+        ):
+            raise LatentError(
+                f"SEANet input must be float (steps <= {max_steps}, {m.decoder_seanet.dimension}) as `transform` "
+                f"returns, got {a.dtype} {a.shape}"
+            )
+        if not np.isfinite(a).all():
+            raise LatentError("the SEANet input holds NaN or infinite values")
+        hidden = np.ascontiguousarray(a, dtype=np.float32)
+        steps = hidden.shape[0]
 
         def build(g: Graph) -> dict[str, Tensor]:
             return {
