@@ -11,6 +11,7 @@ from _ggml_parity import REL_TOL, rel_err
 from _parity_runs import reference_run, synthetic_model
 
 from pocket_ggml import BusyError, ParameterError, TTSModel, load_voice_state, save_voice_state
+from pocket_ggml.runtime.model import thread_plan
 from pocket_ggml.runtime.text import prepare_text_prompt, split_into_best_sentences
 from pocket_ggml.voices.audio import AudioError
 from pocket_ggml.voices.store import ModelNotAvailable, synthetic_voice_audio
@@ -162,3 +163,21 @@ def test_released_checkpoint_is_converted_once_and_cached(tmp_path, monkeypatch,
     cached = list((tmp_path / "converted").glob("*.gguf"))
     assert len(cached) == 1 and model.model_path == cached[0]
     assert TTSModel.load_model(st, quantization="Q8_0").model_path == cached[0]  # no tokenizer needed now
+
+
+@pytest.mark.parametrize(
+    ("requested", "plan"),  # (threads, mimi_threads, usable CPUs) -> (worker, SEANet, prompts)
+    [
+        ((1, 1, 2), (1, 1, 2)),  # the default on two cores: prompts take both
+        ((2, 2, 2), (1, 1, 2)),  # oversubscribed: each side capped at half
+        ((1, 1, 1), (1, 1, 1)),  # one core: both sides share it, prompts one thread
+        ((4, 4, 8), (4, 4, 8)),
+        ((4, 2, 4), (2, 2, 4)),
+        ((3, 1, 8), (3, 1, 4)),
+    ],
+)
+def test_thread_plan_never_oversubscribes_the_cpus(requested, plan):
+    worker, consumer, prompts = thread_plan(*requested)
+    assert (worker, consumer, prompts) == plan
+    cpus = requested[2]
+    assert worker + consumer <= max(2, cpus) and prompts <= cpus

@@ -76,19 +76,24 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def thread_plan(threads: int, mimi_threads: int, cpus: int) -> tuple[int, int, int]:
+    """ggml threads of (the generation worker: FlowLM step and Mimi transformer; the SEANet
+    consumer; prompts) for the requested `threads` / `mimi_threads` on `cpus` usable CPUs.
+
+    The two generation sides compute at the same time: more ggml threads than CPUs in all makes every
+    barrier wait on a descheduled thread (2 + 2 threads on 2 cores: 3.5x realtime instead of 10x), so
+    each side gets at most half the CPUs. Prompts (text, voice) run while the decoder is idle and get
+    both sides' threads, at most the CPUs."""
+    share = max(1, cpus // 2)
+    worker, consumer = min(threads, share), min(mimi_threads, share)
+    return worker, consumer, max(worker, min(threads + mimi_threads, cpus))
+
+
 class PocketRuntime:
     def __init__(self, path: str | Path, threads: int = 1, mimi_threads: int = 1, decode_steps: int = 1):
         self.file = ModelFile(path)
         self.config = self.file.config
-        # Generation computes on two threads at once: the worker (FlowLM step, Mimi transformer) and
-        # the consumer (SEANet). More ggml threads than CPUs in all makes every barrier wait on a
-        # descheduled thread (2 + 2 threads on 2 cores: 3.5x realtime instead of 10x), so each side
-        # gets at most half the CPUs; prompts (text, voice), which run while the decoder is idle, get
-        # both sides' threads.
-        cpus = usable_cpus()
-        share = max(1, cpus // 2)
-        self.threads, self.mimi_threads = min(threads, share), min(mimi_threads, share)
-        self.prompt_threads = max(self.threads, min(threads + mimi_threads, cpus))
+        self.threads, self.mimi_threads, self.prompt_threads = thread_plan(threads, mimi_threads, usable_cpus())
         self.backend = CpuBackend(self.threads)
         self.mimi_backend = CpuBackend(self.mimi_threads)
         self.weights = self.file.load_weights(self.backend)
