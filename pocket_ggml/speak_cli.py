@@ -53,8 +53,20 @@ def _write_audio(path: Path, audio: np.ndarray, rate: int) -> None:
 @click.option("--frames-after-eos", type=int, help="frames generated after EOS (default: from the text)")
 @click.option("--max-tokens", type=int, default=50, show_default=True, help="tokens per text chunk")
 @click.option("--seed", type=int, help="seed of the sampling noise")
-@click.option("--threads", type=int, default=1, show_default=True, help="ggml threads of the FlowLM")
-@click.option("--mimi-threads", type=int, default=1, show_default=True, help="ggml threads of the Mimi decoder")
+@click.option(
+    "--threads",
+    type=int,
+    default=1,
+    show_default=True,
+    help="ggml threads of the FlowLM step and Mimi transformer (at most half the CPUs)",
+)
+@click.option(
+    "--mimi-threads",
+    type=int,
+    default=1,
+    show_default=True,
+    help="ggml threads of the SEANet decoder (at most half the CPUs)",
+)
 @click.option("--list-voices", is_flag=True, help="list the voices stored in the model and exit")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
 def main(
