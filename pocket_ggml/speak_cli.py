@@ -58,14 +58,14 @@ def _write_audio(path: Path, audio: np.ndarray, rate: int) -> None:
     type=int,
     default=1,
     show_default=True,
-    help="ggml threads of the FlowLM step and Mimi transformer (at most half the CPUs)",
+    help="ggml threads of the FlowLM (at most half the CPUs)",
 )
 @click.option(
     "--mimi-threads",
     type=int,
     default=1,
     show_default=True,
-    help="ggml threads of the SEANet decoder (at most half the CPUs)",
+    help="ggml threads of the Mimi decoder (at most half the CPUs)",
 )
 @click.option("--list-voices", is_flag=True, help="list the voices stored in the model and exit")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")

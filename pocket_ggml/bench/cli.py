@@ -71,15 +71,15 @@ def _progress(msg: str) -> None:
     default="1",
     show_default=True,
     metavar="N[,N...]",
-    help="ggml threads of each generation side (FlowLM step + Mimi transformer; SEANet), at most half the "
-    "CPUs each; a list is a sweep "
+    help="ggml threads of the FlowLM and of the Mimi decoder, each at most half the CPUs (they run side "
+    "by side); a list is a sweep "
     "(the reference: torch.set_num_threads, shared by its FlowLM and Mimi threads)",
 )
 @click.option(
     "--mimi-threads",
     type=click.IntRange(1, 64),
     metavar="N",
-    help="SEANet-side threads when they should differ from --threads",
+    help="Mimi decoder threads when they should differ from --threads",
 )
 @click.option(
     "--cores",

@@ -214,7 +214,7 @@ def _spread(r: Mapping[str, Any], key: str, digits: int) -> str:
 _ROWS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
     ("**realtime factor** (audio s / wall s), median (min-max)", lambda r: _spread(r, "realtime_factor", 2)),
     (
-        "threads run: FlowLM step + Mimi transformer / SEANet / prompts",
+        "ggml threads run: FlowLM / Mimi decoder / prompts",
         lambda r: " / ".join(map(str, r["ggml_threads"])) if r.get("ggml_threads") else f"torch {r['threads']}",
     ),
     ("RTF (wall s / audio s)", lambda r: _spread(r, "rtf", 3)),

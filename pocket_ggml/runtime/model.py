@@ -77,13 +77,13 @@ def usable_cpus() -> int:
 
 
 def thread_plan(threads: int, mimi_threads: int, cpus: int) -> tuple[int, int, int]:
-    """ggml threads of (the generation worker: FlowLM step and Mimi transformer; the SEANet
-    consumer; prompts) for the requested `threads` / `mimi_threads` on `cpus` usable CPUs.
+    """ggml threads of (the FlowLM; the Mimi decoder; prompts) for the requested `threads` /
+    `mimi_threads` on `cpus` usable CPUs.
 
-    The two generation sides compute at the same time: more ggml threads than CPUs in all makes every
-    barrier wait on a descheduled thread (2 + 2 threads on 2 cores: 3.5x realtime instead of 10x), so
-    each side gets at most half the CPUs. Prompts (text, voice) run while the decoder is idle and get
-    both sides' threads, at most the CPUs."""
+    A stream computes on two threads at once (the worker: FlowLM step, then the Mimi transformer; the
+    consumer: SEANet): more ggml threads than CPUs in all makes every barrier wait on a descheduled
+    thread (2 + 2 threads on 2 cores: 3.5x realtime instead of 10x), so each gets at most half the
+    CPUs. Prompts (text, voice) run while the decoder is idle and get both counts, at most the CPUs."""
     share = max(1, cpus // 2)
     worker, consumer = min(threads, share), min(mimi_threads, share)
     return worker, consumer, max(worker, min(threads + mimi_threads, cpus))
