@@ -166,7 +166,7 @@ def test_released_checkpoint_is_converted_once_and_cached(tmp_path, monkeypatch,
 
 
 @pytest.mark.parametrize(
-    ("requested", "plan"),  # (threads, mimi_threads, usable CPUs) -> (worker, SEANet, prompts)
+    ("requested", "plan"),  # (threads, mimi_threads, usable CPUs) -> (FlowLM, Mimi, prompts)
     [
         ((1, 1, 2), (1, 1, 2)),  # the default on two cores: prompts take both
         ((2, 2, 2), (1, 1, 2)),  # oversubscribed: each side capped at half
@@ -177,7 +177,7 @@ def test_released_checkpoint_is_converted_once_and_cached(tmp_path, monkeypatch,
     ],
 )
 def test_thread_plan_never_oversubscribes_the_cpus(requested, plan):
-    worker, consumer, prompts = thread_plan(*requested)
-    assert (worker, consumer, prompts) == plan
+    flow_lm, mimi, prompts = thread_plan(*requested)
+    assert (flow_lm, mimi, prompts) == plan
     cpus = requested[2]
-    assert worker + consumer <= max(2, cpus) and prompts <= cpus
+    assert flow_lm + mimi <= max(2, cpus) and prompts <= cpus

@@ -85,8 +85,8 @@ def thread_plan(threads: int, mimi_threads: int, cpus: int) -> tuple[int, int, i
     thread (2 + 2 threads on 2 cores: 3.5x realtime instead of 10x), so each gets at most half the
     CPUs. Prompts (text, voice) run while the decoder is idle and get both counts, at most the CPUs."""
     share = max(1, cpus // 2)
-    worker, consumer = min(threads, share), min(mimi_threads, share)
-    return worker, consumer, max(worker, min(threads + mimi_threads, cpus))
+    flow_lm, mimi = min(threads, share), min(mimi_threads, share)
+    return flow_lm, mimi, max(flow_lm, min(threads + mimi_threads, cpus))
 
 
 class PocketRuntime:
