@@ -130,7 +130,8 @@ def elu(g: Graph, x: Tensor) -> Tensor:
     value by value: 13% of a Mimi frame). For u' = u - 1e-30 < 0, silu(u') = u' sigmoid(u') and
     u' - silu(u') = u' sigmoid(-u'), so e^u' = silu(u') / (u' - silu(u')) with no cancellation;
     expm1(u) is then that less 1: within 3e-7 of the exact value (absolute; libm: 6e-8), so values
-    near zero lose relative precision (a conv of them does not: it sums values of order 1)."""
+    near zero lose relative precision (a conv of them does not: it sums values of order 1).
+    (ggml_clamp would give u' in one op, but it writes into its input, which a resblock still needs.)"""
     ctx = g.ctx
     r = ggml.ggml_relu(ctx, x)
     u = ggml.ggml_scale_bias(ctx, ggml.ggml_sub(ctx, x, r), 1.0, -1e-30)  # < 0 even where x >= 0
