@@ -258,9 +258,9 @@ class TTSModel:
                 if stop.is_set():
                     return
                 # Two threads per chunk, each a fixed share of a frame: the worker runs the FlowLM step
-                # and the first half of the Mimi decoder (its transformer), the consumer the SEANet.
-                # On two cores this halves what one core does per frame (the SEANet alone is about as
-                # long as the other three stages together).
+                # and the first half of the Mimi decoder (up to the middle of its transformer), the
+                # consumer the rest (the other transformer layers, the SEANet). On two cores this
+                # halves what one core does per frame.
                 hidden: queue.Queue = queue.Queue(maxsize=4)
                 failure: list[BaseException] = []
                 halt = threading.Event()  # this chunk is over: the consumer stopped or left

@@ -13,9 +13,12 @@ from pocket_ggml.ggml_graphs.seanet import seanet_decoder, seanet_decoder_plan, 
 from pocket_ggml.quantize.config import load_released_config
 from pocket_ggml.runtime.flow_lm import FlowLM
 from pocket_ggml.runtime.ggml_backend import (
+    GGML_TYPE_F16,
     GGML_TYPE_F32,
     GGML_TYPE_Q4_0,
     GGML_TYPE_Q4_K,
+    GGML_TYPE_Q5_K,
+    GGML_TYPE_Q6_K,
     GGML_TYPE_Q8_0,
     CpuBackend,
     GraphRunner,
@@ -127,15 +130,15 @@ def test_repack_takes_only_types_with_kernels(backend):
 
 
 @pytest.mark.parametrize(
-    ("cpu", "q4_k", "q4_0_rows4"),
+    ("cpu", "q4_k", "rows4", "arm_types"),
     [
-        ({"avx2": 1}, True, False),  # x86: the 8x8 kernels only
-        ({"neon": 1}, False, False),  # Cortex-A72 (Raspberry Pi 4): no kernel; tensor_set would segfault
-        ({"neon": 1, "dotprod": 1}, True, True),  # Cortex-A76 (Pi 5)
-        ({"neon": 1, "dotprod": 1, "matmul_int8": 1}, True, True),  # armv8.6 phone cores
+        ({"avx2": 1}, True, False, False),  # x86: the 8x8 Q4_0/Q4_K kernels only
+        ({"neon": 1}, False, False, False),  # Cortex-A72 (Raspberry Pi 4): no kernel; tensor_set would segfault
+        ({"neon": 1, "dotprod": 1}, True, True, True),  # Cortex-A76 (Pi 5)
+        ({"neon": 1, "dotprod": 1, "matmul_int8": 1}, True, True, True),  # armv8.6 phone cores
     ],
 )
-def test_repackable_follows_ggmls_kernel_choice(monkeypatch, cpu, q4_k, q4_0_rows4):
+def test_repackable_follows_ggmls_kernel_choice(monkeypatch, cpu, q4_k, rows4, arm_types):
     """`repackable` mirrors ggml_repack_get_optimal_repack_type for each CPU class (scripts/check-aarch64.sh
     runs the real NEON-only and i8mm builds under qemu)."""
     from pocket_ggml.runtime import ggml_backend
@@ -143,8 +146,14 @@ def test_repackable_follows_ggmls_kernel_choice(monkeypatch, cpu, q4_k, q4_0_row
     for feature in ("avx2", "neon", "dotprod", "matmul_int8"):
         monkeypatch.setattr(ggml_backend.ggml, f"ggml_cpu_has_{feature}", lambda v=cpu.get(feature, 0): v)
     assert repackable(GGML_TYPE_Q4_K, (64, 256)) is q4_k
-    assert repackable(GGML_TYPE_Q4_0, (12, 256)) is q4_0_rows4
+    assert repackable(GGML_TYPE_Q4_0, (12, 256)) is rows4
+    assert repackable(GGML_TYPE_Q8_0, (12, 256)) is rows4
+    assert repackable(GGML_TYPE_Q8_0, (64, 256)) is arm_types
+    assert repackable(GGML_TYPE_Q5_K, (64, 256)) is arm_types
+    assert repackable(GGML_TYPE_Q6_K, (64, 256)) is arm_types
     assert not repackable(GGML_TYPE_Q4_K, (12, 256))
+    assert not repackable(GGML_TYPE_Q6_K, (12, 256))
+    assert not repackable(GGML_TYPE_F16, (64, 256))
 
 
 def test_weights_read_from_the_file_equal_the_mapped_bytes(backend):

@@ -19,7 +19,7 @@ from pocket_ggml.quantize.config import load_released_config
 from pocket_ggml.quantize.convert import convert, read_tokenizer
 from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.runtime.ggml_backend import CpuBackend, WeightStore
-from pocket_ggml.runtime.mimi import ENCODER_CHUNK_FRAMES, LatentError, MimiDecoder, MimiEncoder
+from pocket_ggml.runtime.mimi import ENCODER_CHUNK_FRAMES, LatentError, MimiDecoder, MimiEncoder, MimiHidden
 from pocket_ggml.runtime.model_file import ModelFile
 from pocket_ggml.voices.audio import AudioError, prepare_voice_prompt, read_audio
 
@@ -130,15 +130,21 @@ def test_decoder_halves_on_two_threads_give_decode_audio(dumps, backend):
         hidden = [worker.submit(halves.transform, latents[i : i + 1]) for i in range(FRAMES)]
         audio = [halves.synthesize(h.result()) for h in hidden]
     assert all(np.array_equal(a, b) for a, b in zip(audio, expected))
+    good = halves.transform(latents[:1])
+    width = good.steps.shape[1]
     for bad in (
-        np.zeros(mf.config.mimi.decoder_seanet.dimension, np.float32),  # not (steps, channels)
+        np.zeros(width, np.float32),  # not (steps, channels)
         np.zeros((16, 3), np.float32),
-        np.zeros((0, mf.config.mimi.decoder_seanet.dimension), np.float32),
-        np.full((16, mf.config.mimi.decoder_seanet.dimension), np.inf, np.float32),
-        np.zeros((16, mf.config.mimi.decoder_seanet.dimension), np.int32),
+        np.zeros((0, width), np.float32),
+        np.full((16, width), np.inf, np.float32),
+        np.zeros((16, width), np.int32),
     ):
         with pytest.raises(LatentError):
-            halves.synthesize(bad)
+            halves.synthesize(MimiHidden(bad, good.plan))
+    with pytest.raises(LatentError):
+        halves.synthesize(good.steps)  # the steps without their attention plan
+    with pytest.raises(LatentError):
+        halves.synthesize(MimiHidden(good.steps[:8], good.plan))  # a plan for other steps
 
 
 def _rss_bytes() -> int:

@@ -111,13 +111,18 @@ def streaming_transformer(
     inputs: AttentionInputs,
     caches: Sequence[LayerKV] | None,
     layer_outputs: list[Tensor] | None = None,
+    layers: range | None = None,
 ) -> Tensor:
     """StreamingTransformer over x (T, d_model); `caches` holds one LayerKV per layer, or None.
-    Each layer's output is appended to `layer_outputs` when given (for per-layer parity)."""
+    Each layer's output is appended to `layer_outputs` when given (for per-layer parity). `layers`:
+    the consecutive layers to run (default all), e.g. one part of a transformer split across graphs."""
     expect_shape(x, (inputs.n_rows, shape.d_model), f"{prefix} input")
     if caches is not None and len(caches) != shape.num_layers:
         raise ValueError(f"{prefix}: {len(caches)} caches for {shape.num_layers} layers")
-    for l in range(shape.num_layers):
+    layers = range(shape.num_layers) if layers is None else layers
+    if layers.step != 1 or not 0 <= layers.start <= layers.stop <= shape.num_layers:
+        raise ValueError(f"{prefix}: layers {layers} of {shape.num_layers}")
+    for l in layers:
         cache = None if caches is None else caches[l]
         x = transformer_layer(g, w, f"{prefix}.layers.{l}", x, shape, inputs, cache)
         if layer_outputs is not None:
@@ -133,17 +138,24 @@ def projected_transformer(
     cfg: MimiTransformerConfig,
     inputs: AttentionInputs,
     caches: Sequence[LayerKV] | None,
+    layers: range | None = None,
 ) -> list[Tensor]:
     """ProjectedTransformer (Mimi): optional input_proj, the transformer, one output per output_projs.
 
-    x is (T, input_dimension), i.e. the reference's (B, C, T) input already transposed.
+    x is (T, input_dimension), i.e. the reference's (B, C, T) input already transposed. With `layers`
+    (consecutive, default all) only those layers run: input_proj only with the first layer, the output
+    projections only with the last; a part that ends earlier returns [its (T, d_model) output].
     """
     ctx, d = g.ctx, cfg.d_model
-    expect_shape(x, (rows(x), cfg.input_dimension), f"{prefix} input")
-    if width(x) != d:
-        x = linear(ctx, x, weight(w, f"{prefix}.input_proj.weight", (d, cfg.input_dimension)))
     shape = TransformerShape.for_mimi(cfg)
-    z = streaming_transformer(g, w, f"{prefix}.transformer", x, shape, inputs, caches)
+    layers = range(shape.num_layers) if layers is None else layers
+    if layers.start == 0:
+        expect_shape(x, (rows(x), cfg.input_dimension), f"{prefix} input")
+        if width(x) != d:
+            x = linear(ctx, x, weight(w, f"{prefix}.input_proj.weight", (d, cfg.input_dimension)))
+    z = streaming_transformer(g, w, f"{prefix}.transformer", x, shape, inputs, caches, layers=layers)
+    if layers.stop != shape.num_layers:
+        return [z]
     return [
         z if od == d else linear(ctx, z, weight(w, f"{prefix}.output_projs.{k}.weight", (od, d)))
         for k, od in enumerate(cfg.output_dimensions)

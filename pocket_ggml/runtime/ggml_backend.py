@@ -513,17 +513,20 @@ def has_llamafile() -> bool:
 
 def repackable(ggml_type: int, shape: Sequence[int]) -> bool:
     """Whether CPU_REPACK has a kernel for this matrix on this CPU: ggml's own choice
-    (`ggml_repack_get_optimal_repack_type`) for the types we repack, Q4_0 and Q4_K: AVX2 with a multiple
-    of 8 rows, or NEON with i8mm or dotprod (Q4_0: 4 rows, Q4_K: 8). Where ggml has none, tensor_set into a
-    CPU_REPACK buffer dereferences a null kernel and segfaults: a Cortex-A72 (Raspberry Pi 4, NEON only)
-    or any type but these two."""
+    (`ggml_repack_get_optimal_repack_type`) for the types our mixes hold. x86 with AVX2: Q4_0 and Q4_K
+    in multiples of 8 rows. ARM NEON with dotprod or i8mm: Q4_0 and Q8_0 in multiples of 4 rows, Q4_K,
+    Q5_K and Q6_K in multiples of 8. Where ggml has none, tensor_set into a CPU_REPACK buffer
+    dereferences a null kernel and segfaults: a Cortex-A72 (Raspberry Pi 4, NEON only), Q8_0/Q5_K/Q6_K
+    on x86, F16/F32 anywhere."""
     if _cpu_repack_buffer_type() is None or len(shape) != 2:
         return False
     rows = shape[0]
     if ggml.ggml_cpu_has_avx2():
         return ggml_type in (GGML_TYPE_Q4_0, GGML_TYPE_Q4_K) and rows % 8 == 0
     if ggml.ggml_cpu_has_neon() and (ggml.ggml_cpu_has_matmul_int8() or ggml.ggml_cpu_has_dotprod()):
-        return (ggml_type == GGML_TYPE_Q4_0 and rows % 4 == 0) or (ggml_type == GGML_TYPE_Q4_K and rows % 8 == 0)
+        if ggml_type in (GGML_TYPE_Q4_0, GGML_TYPE_Q8_0):
+            return rows % 4 == 0
+        return ggml_type in (GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K) and rows % 8 == 0
     return False
 
 

@@ -2,8 +2,8 @@
 
 `MimiDecoder` mirrors the reference's Mimi thread (`TTSModel._decode_audio_worker` +
 `MimiModel.decode_from_latent`) in two graphs per call: `transform` (denormalisation, the quantizer
-projection, the x16 upsample, the decoder transformer) and `synthesize` (the SEANet decoder), which a
-stream runs on two threads. Its state (conv histories, transposed-conv partials, ring KV caches sized
+projection, the x16 upsample, the first half of the decoder transformer's layers) and `synthesize`
+(its other layers, then the SEANet decoder), which a stream runs on two threads. Its state (conv histories, transposed-conv partials, ring KV caches sized
 for the context window) is allocated once, so memory does not grow with the audio length.
 
 `MimiEncoder` mirrors `MimiModel.encode_to_latent` (the reference runs it without state over the whole
@@ -17,13 +17,14 @@ length cap is applied (the reference's optional 30 s `truncate` is off by defaul
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, overload
 
 import ggml
 import numpy as np
 
 from pocket_ggml.errors import ModelFileError, PocketError
-from pocket_ggml.ggml_graphs.attention import KVCache, attention_arrays, attention_inputs
+from pocket_ggml.ggml_graphs.attention import AttentionPlan, KVCache, attention_arrays, attention_inputs
 from pocket_ggml.ggml_graphs.conv import (
     channel_fast_kernel,
     channel_fast_kernel_tr,
@@ -125,6 +126,16 @@ class LatentError(PocketError):
     """Latents the Mimi decoder cannot take (wrong shape, too many frames, NaN or infinite values)."""
 
 
+@dataclass(frozen=True)
+class MimiHidden:
+    """What `MimiDecoder.transform` hands to `synthesize`: the decoder transformer's steps after its
+    first layers, (steps, d_model) float32, and the attention plan the remaining layers use for them
+    (made when the steps entered the transformer: a pipelined `transform` may have moved on)."""
+
+    steps: np.ndarray
+    plan: AttentionPlan
+
+
 class MimiDecoder:
     """Streaming Mimi decoder: FlowLM latents -> 24 kHz audio, up to `max_frames_per_call` frames a call.
 
@@ -156,7 +167,13 @@ class MimiDecoder:
         )
         self._caches = layer_caches(self.state, DECODER_TRANSFORMER, shape)
         self._kv = KVCache(capacity, context)
-        # the transformer half runs on a backend of its own: it may run beside the SEANet half
+        self._width = shape.d_model
+        # The decoder transformer's layers are split between the halves so that both cost about the
+        # same beside a FlowLM step (the first half's thread also runs the FlowLM): transform runs
+        # ceil(n/2) layers (all of a 1-layer transformer), synthesize the rest before the SEANet.
+        split = shape.num_layers - shape.num_layers // 2
+        self._first_layers, self._second_layers = range(split), range(split, shape.num_layers)
+        # the first half runs on a backend of its own: it may run beside the second
         self._transformer_backend = CpuBackend(backend.n_threads)
         self._transformer_runner = GraphRunner(self._transformer_backend)
         self._seanet_runner = GraphRunner(backend)
@@ -188,31 +205,32 @@ class MimiDecoder:
         """
         x = self._check(latents)
         if not stages:
-            return self.synthesize(self._transform(x, stages=False)["transformer_out"])
-        out = self._transform(x, stages=True)
-        hidden = out["transformer_out"]
-        raw = self._seanet(hidden)
+            return self.synthesize(self.transform(x))
+        first = self._transform(x, stages=True)
+        second = self._second_half(first["hidden"], stages=True)
+        raw = second["audio"]
         audio = self._faded(raw.copy())
         n_frames, m = x.shape[0], self.cfg.mimi
         return audio, {
-            "mimi_dec_latent_in": out["latent_in"].reshape(n_frames, m.latent_dim),
-            "mimi_dec_quantizer_out": np.ascontiguousarray(out["quantizer_out"].reshape(n_frames, -1).T),
-            "mimi_dec_upsample_out": np.ascontiguousarray(out["upsample_out"].T),
-            "mimi_dec_transformer_out": np.ascontiguousarray(hidden.T),
+            "mimi_dec_latent_in": first["latent_in"].reshape(n_frames, m.latent_dim),
+            "mimi_dec_quantizer_out": np.ascontiguousarray(first["quantizer_out"].reshape(n_frames, -1).T),
+            "mimi_dec_upsample_out": np.ascontiguousarray(first["upsample_out"].T),
+            "mimi_dec_transformer_out": np.ascontiguousarray(second["transformer_out"].T),
             "mimi_dec_seanet_out": raw,
         }
 
-    def transform(self, latents: np.ndarray) -> np.ndarray:
+    def transform(self, latents: np.ndarray) -> MimiHidden:
         """First half of `decode`: denormalisation, quantizer projection, upsample and the decoder
-        transformer -> its output steps, the input of `synthesize`. The two halves keep separate
-        state and graphs, so a stream can run them on two threads (each half in order)."""
-        return self._transform(self._check(latents), stages=False)["transformer_out"]
+        transformer's first layers -> the input of `synthesize`. The two halves keep separate state
+        and graphs, so a stream can run them on two threads (each half in order)."""
+        return self._transform(self._check(latents), stages=False)["hidden"]
 
-    def synthesize(self, hidden: np.ndarray) -> np.ndarray:
-        """Second half of `decode`: the SEANet decoder over `transform`'s output -> audio samples."""
-        return self._faded(self._seanet(hidden))
+    def synthesize(self, hidden: MimiHidden) -> np.ndarray:
+        """Second half of `decode`: the decoder transformer's other layers and the SEANet decoder over
+        `transform`'s output -> audio samples."""
+        return self._faded(self._second_half(hidden, stages=False)["audio"])
 
-    def _transform(self, x: np.ndarray, stages: bool) -> dict[str, np.ndarray]:
+    def _transform(self, x: np.ndarray, stages: bool) -> dict:
         m = self.cfg.mimi
         steps = m.resample_stride * x.shape[0]
         # Attention always reads the whole ring, so every call of n frames has the same graph.
@@ -228,43 +246,63 @@ class MimiDecoder:
             up = conv_tr_upsample(g, w, m, q, self.state)
             attn = attention_inputs(g, plan, "attn", feed=False)
             (y,) = projected_transformer(
-                g, w, f"mimi.{DECODER_TRANSFORMER}", up, m.decoder_transformer, attn, self._caches
+                g,
+                w,
+                f"mimi.{DECODER_TRANSFORMER}",
+                up,
+                m.decoder_transformer,
+                attn,
+                self._caches,
+                layers=self._first_layers,
             )
-            return {
-                "transformer_out": y,
-                **({"latent_in": z, "quantizer_out": q, "upsample_out": up} if stages else {}),
-            }
+            return {"steps": y, **({"latent_in": z, "quantizer_out": q, "upsample_out": up} if stages else {})}
 
         key = None if stages else x.shape[0]
         out = self._transformer_runner.run(build, {"latents": x, **attention_arrays(plan, "attn")}, key=key)
         self._kv.advance(steps)
+        out["hidden"] = MimiHidden(out.pop("steps"), plan)
         return out
 
-    def _seanet(self, hidden: np.ndarray) -> np.ndarray:
+    def _second_half(self, hidden: MimiHidden, stages: bool) -> dict[str, np.ndarray]:
         m = self.cfg.mimi
-        a = np.asarray(hidden)
+        if not isinstance(hidden, MimiHidden):
+            raise LatentError(f"synthesize takes what transform returns (a MimiHidden), got {type(hidden).__name__}")
+        a, plan = np.asarray(hidden.steps), hidden.plan
         max_steps = m.resample_stride * self.max_frames_per_call
-        if (
-            a.dtype.kind != "f"
-            or a.ndim != 2
-            or a.shape[1] != m.decoder_seanet.dimension
-            or not 1 <= a.shape[0] <= max_steps
-        ):
+        if a.dtype.kind != "f" or a.ndim != 2 or a.shape[1] != self._width or not 1 <= a.shape[0] <= max_steps:
             raise LatentError(
-                f"SEANet input must be float (steps <= {max_steps}, {m.decoder_seanet.dimension}) as `transform` "
-                f"returns, got {a.dtype} {a.shape}"
+                f"the decoder transformer's steps must be float (steps <= {max_steps}, {self._width}) as "
+                f"`transform` returns, got {a.dtype} {a.shape}"
             )
         if not np.isfinite(a).all():
-            raise LatentError("the SEANet input holds NaN or infinite values")
-        hidden = np.ascontiguousarray(a, dtype=np.float32)
-        steps = hidden.shape[0]
+            raise LatentError("the decoder transformer's steps hold NaN or infinite values")
+        if not isinstance(plan, AttentionPlan) or plan.n_rows != a.shape[0] or plan.n_keys != self._kv.capacity:
+            raise LatentError("the MimiHidden's attention plan does not fit its steps: pass transform's result")
+        steps = np.ascontiguousarray(a, dtype=np.float32)
+        layers, inputs = self._second_layers, {"hidden": steps}
+        if layers:
+            inputs.update(attention_arrays(plan, "attn"))
 
         def build(g: Graph) -> dict[str, Tensor]:
-            return {
-                "audio": seanet_decoder(g, self._weights, m.decoder_seanet, g.input("hidden", hidden.shape), self.state)
-            }
+            y = g.input("hidden", steps.shape)
+            if layers:
+                attn = attention_inputs(g, plan, "attn", feed=False)
+                (y,) = projected_transformer(
+                    g,
+                    self._weights,
+                    f"mimi.{DECODER_TRANSFORMER}",
+                    y,
+                    m.decoder_transformer,
+                    attn,
+                    self._caches,
+                    layers,
+                )
+            audio = seanet_decoder(g, self._weights, m.decoder_seanet, y, self.state)
+            return {"audio": audio, **({"transformer_out": y} if stages else {})}
 
-        return self._seanet_runner.run(build, {"hidden": hidden}, key=steps)["audio"].reshape(-1)
+        out = self._seanet_runner.run(build, inputs, key=None if stages else steps.shape[0])
+        out["audio"] = out["audio"].reshape(-1)
+        return out
 
     def _faded(self, audio: np.ndarray) -> np.ndarray:
         if self._fade_pending:

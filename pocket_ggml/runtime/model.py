@@ -44,8 +44,9 @@ _MATMUL_ROLES = {  # matrices read only by mul_mat (not the text table: get_rows
 
 
 def prepare_weights(weights: WeightStore, backend: CpuBackend) -> None:
-    """Move FlowLM matrices in Q4_0/Q4_K to ggml's CPU_REPACK buffer: interleaved rows, 1.1-1.3x
-    faster per step and ~1.9x for prompts. (The Mimi decoder prepares its own: `MimiDecoder`.)"""
+    """Move the FlowLM matrices ggml has interleaved kernels for (`repackable`: Q4_K/Q4_0 on x86, also
+    Q8_0/Q5_K/Q6_K on ARM with dotprod or i8mm) to its CPU_REPACK buffer: on x86, Q4_K 1.1-1.3x faster
+    per step and ~1.9x for prompts. (The Mimi decoder prepares its own: `MimiDecoder`.)"""
     repack = []
     for name in weights:
         row = from_gguf(name)
