@@ -198,7 +198,8 @@ def write_metadata(w: GGUFWriter, cfg: PocketConfig, info: FileInfo, file_type: 
 
 
 class _Fields:
-    """Typed access to GGUFReader fields with one clear error for anything missing or mistyped."""
+    """Typed access to metadata fields (anything with `.contents()`: gguf-py's ReaderField, the runtime's
+    KVInfo) with one clear error for anything missing or mistyped."""
 
     def __init__(self, fields: dict[str, Any], where: str):
         self.fields, self.where = fields, where
@@ -229,7 +230,7 @@ class _Fields:
 
 
 def read_metadata(fields: dict[str, Any], where: str) -> tuple[PocketConfig, FileInfo, int]:
-    """Config, file info and file_type from a GGUFReader's fields; the config is validated."""
+    """Config, file info and file_type from a GGUF's metadata fields; the config is validated."""
     r = _Fields(fields, where)
     arch = r.get(Keys.ARCHITECTURE, str)
     if arch != ARCH:

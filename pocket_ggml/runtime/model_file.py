@@ -4,9 +4,8 @@
 for anything else -- any file at all gives a valid model or that one exception, never another
 exception type, a crash or an allocation beyond what the file holds. In order:
 
-1. `scan_gguf` walks the header with every count, length and offset bounds-checked (magic, version,
-   metadata pairs, array lengths, tensor infos, data offsets within the file, no overlapping data),
-   before gguf-py's `GGUFReader` -- which trusts them -- parses the same bytes;
+1. `scan_gguf` reads the header with every count, length and offset bounds-checked (magic, version,
+   metadata pairs, array lengths, tensor infos, data offsets within the file, no overlapping data);
 2. the metadata is read into a `PocketConfig` (`read_metadata`, which validates it), then checked for
    what the graphs and the runtime state assume beyond that: finite reals, sizes and counts within
    caps, the Mimi widths chaining from one stage to the next, bounded state for the context windows;
@@ -26,7 +25,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, quants
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from pocket_ggml.errors import ModelFileError, PocketError
 from pocket_ggml.quantize.config import PocketConfig
@@ -48,10 +47,11 @@ from pocket_ggml.quantize.names import (
     to_released_layout,
 )
 from pocket_ggml.quantize.policy import TENSOR_TYPES
-from pocket_ggml.runtime.ggml_backend import CpuBackend, TensorSpec, WeightStore
-from pocket_ggml.runtime.gguf_header import GGUFHeader, scan_gguf
+from pocket_ggml.runtime.ggml_backend import CpuBackend, TensorSpec, WeightStore, dequantize
+from pocket_ggml.runtime.gguf_header import GGUFHeader, TensorInfo, scan_gguf
 
 T = GGMLQuantizationType
+_NUMPY_TYPES = {T.F32: np.dtype(np.float32), T.F16: np.dtype(np.float16), T.I8: np.dtype(np.int8)}
 _WEIGHT_TYPES = set(TENSOR_TYPES.values())
 
 # Caps on hyperparameters, far above any released config (english: d_model 1024, 6 layers, vocab
@@ -131,15 +131,12 @@ class ModelFile:
     def _open(self, where: str) -> None:
         self.header: GGUFHeader = scan_gguf(self.path, where)
         self._check_metadata_types(where)
-        try:
-            self._reader = GGUFReader(self.path, "r")
-        except Exception as e:  # gguf-py raises ValueError/IndexError/KeyError/... on damaged files
-            raise ModelFileError(f"{where}: not a readable GGUF file ({type(e).__name__}: {e})") from None
-        self._check_reader(where)
-        self.config, self.info, self.file_type = read_metadata(self._reader.fields, where)
+        self.config, self.info, self.file_type = read_metadata(self.header.kv, where)
         check_config(self.config, where, n_tensors=len(self.header.tensors))
         self._check_info(where)
-        self.tensors = {t.name: t for t in self._reader.tensors}
+        self.tensors: dict[str, TensorInfo] = {t.name: t for t in self.header.tensors}
+        # the mapped length is the scanned one: every tensor lies within it
+        self._map = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.header.file_size,))
         self._check_tensors(where)
         self._check_voices(where)
         self._check_tokenizer(where)
@@ -153,17 +150,6 @@ class ModelFile:
                 raise ModelFileError(f"{where}: metadata array {key!r} holds {kv.item_type.name} items")  # type: ignore[union-attr]
             if kv.count > max_count:  # type: ignore[operator]
                 raise ModelFileError(f"{where}: metadata array {key!r} has {kv.count} items, at most {max_count}")
-
-    def _check_reader(self, where: str) -> None:
-        """gguf-py must have seen exactly the structure `scan_gguf` checked."""
-        r, h = self._reader, self.header
-        seen = [
-            (t.name, int(t.tensor_type), tuple(int(d) for d in reversed(t.shape.tolist())), int(t.data_offset))
-            for t in r.tensors
-        ]
-        checked = [(t.name, int(t.ggml_type), t.shape, t.offset) for t in h.tensors]
-        if seen != checked or int(r.data_offset) != h.data_offset or len(r.fields) != len(h.kv) + 3:
-            raise ModelFileError(f"{where}: {UNEXPECTED} disagreement between the header scan and gguf-py")
 
     def _check_info(self, where: str) -> None:
         info: FileInfo = self.info
@@ -200,15 +186,15 @@ class ModelFile:
             got = self.stored_shape(name)
             if got != shape:
                 raise ModelFileError(f"{where}: tensor {name} has shape {got}, the config implies {shape}")
-            if t.tensor_type not in _WEIGHT_TYPES:
-                raise ModelFileError(f"{where}: tensor {name} has unsupported type {t.tensor_type.name}")
+            if t.ggml_type not in _WEIGHT_TYPES:
+                raise ModelFileError(f"{where}: tensor {name} has unsupported type {t.ggml_type.name}")
             rule = from_gguf(name).rule  # type: ignore[union-attr]
-            if (rule.role in (Role.VECTOR, Role.MIMI_UPSAMPLE)) and t.tensor_type != T.F32:
-                raise ModelFileError(f"{where}: tensor {name} must be F32, is {t.tensor_type.name}")
-            if shape[-1] % GGML_QUANT_SIZES[t.tensor_type][0]:
-                raise ModelFileError(f"{where}: tensor {name} rows of {shape[-1]} do not fit {t.tensor_type.name}")
+            if (rule.role in (Role.VECTOR, Role.MIMI_UPSAMPLE)) and t.ggml_type != T.F32:
+                raise ModelFileError(f"{where}: tensor {name} must be F32, is {t.ggml_type.name}")
+            if shape[-1] % GGML_QUANT_SIZES[t.ggml_type][0]:
+                raise ModelFileError(f"{where}: tensor {name} rows of {shape[-1]} do not fit {t.ggml_type.name}")
         tok = self.tensors.get(TOKENIZER_TENSOR)
-        if tok is None or tok.tensor_type != T.I8 or len(tok.shape) != 1:
+        if tok is None or tok.ggml_type != T.I8 or len(tok.shape) != 1:
             raise ModelFileError(f"{where}: no tokenizer in the file")
 
     def _check_voices(self, where: str) -> None:
@@ -223,9 +209,9 @@ class ModelFile:
             if m is None or not _VOICE_NAME.fullmatch(m["voice"]):
                 raise ModelFileError(f"{where}: unexpected tensor {name}")
             shape = self.stored_shape(name)
-            if t.tensor_type != T.F32 or len(shape) != 3 or shape[0] != f.num_layers or shape[2] != f.kv_dim:
+            if t.ggml_type != T.F32 or len(shape) != 3 or shape[0] != f.num_layers or shape[2] != f.kv_dim:
                 raise ModelFileError(
-                    f"{where}: stored voice tensor {name} is {t.tensor_type.name} {shape}, not F32 "
+                    f"{where}: stored voice tensor {name} is {t.ggml_type.name} {shape}, not F32 "
                     f"({f.num_layers}, rows, {f.kv_dim})"
                 )
             shapes.setdefault(m["voice"], {})[m["kind"]] = shape
@@ -253,34 +239,39 @@ class ModelFile:
         """Every weight as a ggml tensor pointing into the mapped file: no copy is made, and the pages
         are read from disk only when a graph first touches them."""
         specs = [
-            TensorSpec(n, int(self.tensors[n].tensor_type), self.stored_shape(n), int(self.tensors[n].data_offset))
+            TensorSpec(n, int(self.tensors[n].ggml_type), self.stored_shape(n), self.tensors[n].offset)
             for n in self.weight_names()
         ]
         try:
-            return WeightStore.from_host_memory(backend, specs, self._reader.data)
+            return WeightStore.from_host_memory(backend, specs, self._map)
         except (ValueError, MemoryError) as e:  # the checks above make this unreachable
             raise ModelFileError(f"{self.path}: cannot map the weights ({e})") from None
 
     def stored_shape(self, gguf_name: str) -> tuple[int, ...]:
-        return tuple(int(d) for d in reversed(self.tensors[gguf_name].shape.tolist()))
+        return self.tensors[gguf_name].shape
 
     def tokenizer_bytes(self) -> bytes:
-        return self.tensors[TOKENIZER_TENSOR].data.tobytes()
+        return self.raw(TOKENIZER_TENSOR).tobytes()
 
     def raw(self, gguf_name: str) -> np.ndarray:
-        """The stored bytes/values of a tensor (a read-only view of the mapped file)."""
-        return self.tensors[gguf_name].data
+        """The stored values of a tensor (F32, F16, I8: in its stored shape) or its bytes (block types:
+        one row of bytes per row), as a read-only view of the mapped file."""
+        t = self.tensors[gguf_name]
+        data = self._map[t.offset : t.offset + t.nbytes]
+        dtype = _NUMPY_TYPES.get(t.ggml_type)
+        if dtype is not None:
+            return data.view(dtype).reshape(t.shape)
+        return data.reshape(*t.shape[:-1], -1)
 
     def tensor_type(self, gguf_name: str) -> GGMLQuantizationType:
-        return self.tensors[gguf_name].tensor_type
+        return self.tensors[gguf_name].ggml_type
 
     def dequantized(self, gguf_name: str) -> np.ndarray:
         """A tensor as float32 in its stored shape."""
         t = self.tensors[gguf_name]
-        shape = self.stored_shape(gguf_name)
-        if t.tensor_type in (T.F32, T.F16):
-            return np.asarray(t.data, dtype=np.float32).reshape(shape)
-        return quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)
+        if t.ggml_type in (T.F32, T.F16):
+            return np.asarray(self.raw(gguf_name), dtype=np.float32)
+        return dequantize(self.raw(gguf_name), int(t.ggml_type), t.shape)
 
     def released_state_dict(self) -> dict[str, np.ndarray]:
         """Every weight as float32 under its released name and shape (the reference's layout)."""
