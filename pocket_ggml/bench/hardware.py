@@ -134,14 +134,25 @@ def ggml_features_line(features: dict[str, bool]) -> str:
 
 
 def repack_line() -> str:
-    """Whether this build repacks the Q4_K FlowLM matrices (ggml's CPU_REPACK: AVX2, or ARM dotprod/i8mm)."""
+    """Which FlowLM matrix types this build repacks (ggml's CPU_REPACK: Q4_0/Q4_K with AVX2; with ARM
+    dotprod/i8mm also Q8_0, Q5_K and Q6_K)."""
     from gguf import GGMLQuantizationType
 
     from pocket_ggml.runtime.ggml_backend import repackable
 
-    if repackable(int(GGMLQuantizationType.Q4_K), (8, 256)):
-        return "CPU_REPACK: yes, Q4_K FlowLM matrices are repacked for the interleaved matmul kernels"
-    return "CPU_REPACK: no kernel on this CPU, Q4_K matmuls read the plain layout"
+    types = [
+        t.name
+        for t in (
+            GGMLQuantizationType.Q4_K,
+            GGMLQuantizationType.Q5_K,
+            GGMLQuantizationType.Q6_K,
+            GGMLQuantizationType.Q8_0,
+        )
+        if repackable(int(t), (8, 256))
+    ]
+    if types:
+        return f"CPU_REPACK: yes, {'/'.join(types)} FlowLM matrices are repacked for the interleaved matmul kernels"
+    return "CPU_REPACK: no kernel on this CPU, quantized matmuls read the plain layout"
 
 
 def package_version(name: str) -> str | None:
