@@ -136,17 +136,16 @@ def ggml_features_line(features: dict[str, bool]) -> str:
 def repack_line() -> str:
     """Which FlowLM matrix types this build repacks (ggml's CPU_REPACK: Q4_0/Q4_K with AVX2; with ARM
     dotprod/i8mm also Q8_0, Q5_K and Q6_K)."""
-    from gguf import GGMLQuantizationType
-
+    from pocket_ggml.quantize.ggml_types import GGMLType
     from pocket_ggml.runtime.ggml_backend import repackable
 
     types = [
         t.name
         for t in (
-            GGMLQuantizationType.Q4_K,
-            GGMLQuantizationType.Q5_K,
-            GGMLQuantizationType.Q6_K,
-            GGMLQuantizationType.Q8_0,
+            GGMLType.Q4_K,
+            GGMLType.Q5_K,
+            GGMLType.Q6_K,
+            GGMLType.Q8_0,
         )
         if repackable(int(t), (8, 256))
     ]

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter, quants
 
 from pocket_ggml.errors import OutputError, TokenizerError
 from pocket_ggml.quantize.checkpoint import SafetensorsCheckpoint, check_against_config
 from pocket_ggml.quantize.config import PocketConfig
+from pocket_ggml.quantize.ggml_types import GGMLType
 from pocket_ggml.quantize.gguf_format import (
     ARCH,
     TOKENIZER_TENSOR,
@@ -35,7 +35,7 @@ from pocket_ggml.quantize.names import expected_tensors, from_released, stored_s
 from pocket_ggml.quantize.policy import Mix, choose_type, type_nbytes
 from pocket_ggml.quantize.synthetic import synthetic_tensors
 
-T = GGMLQuantizationType
+T = GGMLType
 _LAYER_RX = re.compile(r"^lm\.blk\.(\d+)\.")
 
 
@@ -78,7 +78,7 @@ def check_tokenizer(data: bytes, kind: str, n_bins: int, where: str = "tokenizer
 class TensorRecord:
     gguf_name: str
     released_name: str
-    qtype: GGMLQuantizationType
+    qtype: GGMLType
     shape: tuple[int, ...]  # as stored
     n_params: int
     n_bytes: int
@@ -113,7 +113,7 @@ def _check_destination(output: Path) -> None:
         raise OutputError(f"destination {str(output)!r} is not writable")
 
 
-def _encode(array: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+def _encode(array: np.ndarray, qtype: GGMLType) -> np.ndarray:
     if qtype == T.F32:
         return np.ascontiguousarray(array, dtype=np.float32)
     if qtype == T.F16:
@@ -123,8 +123,13 @@ def _encode(array: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
     return quantize_rows(np.ascontiguousarray(array.reshape(-1, array.shape[-1]), dtype=np.float32), qtype)
 
 
-def rel_rms_error(original: np.ndarray, encoded: np.ndarray, qtype: GGMLQuantizationType) -> float:
-    decoded = encoded.astype(np.float32) if qtype in (T.F32, T.F16) else quants.dequantize(encoded, qtype)
+def rel_rms_error(original: np.ndarray, encoded: np.ndarray, qtype: GGMLType) -> float:
+    if qtype in (T.F32, T.F16):
+        decoded = encoded.astype(np.float32)
+    else:
+        from gguf import GGMLQuantizationType, quants
+
+        decoded = quants.dequantize(encoded, GGMLQuantizationType(qtype))
     ref = np.linalg.norm(original.ravel())
     err = np.linalg.norm(decoded.ravel() - original.ravel())
     return float(err / ref) if ref > 0 else float(err)
@@ -150,7 +155,7 @@ def convert(
     checkpoint: SafetensorsCheckpoint | None = None,
     synthetic_seed: int | None = None,
     keep_encoder: bool = True,
-    overrides: Iterable[tuple[re.Pattern[str], GGMLQuantizationType]] = (),
+    overrides: Iterable[tuple[re.Pattern[str], GGMLType]] = (),
     measure_error: bool = False,
     name: str | None = None,
     progress: ProgressFn | None = None,
@@ -194,10 +199,14 @@ def convert(
         tokenizer_kind=tokenizer.kind,
         voice_names=tuple(voices),
     )
+    from gguf import GGMLQuantizationType, GGUFWriter  # only here: loading a model never imports gguf-py
+
     writer = GGUFWriter(path=None, arch=ARCH)
     write_metadata(writer, cfg, info, int(mix.file_type))
     for r in records:
-        writer.add_tensor_info(r.gguf_name, r.shape, np.dtype(np.float32), r.n_bytes, raw_dtype=r.qtype)
+        writer.add_tensor_info(
+            r.gguf_name, r.shape, np.dtype(np.float32), r.n_bytes, raw_dtype=GGMLQuantizationType(r.qtype)
+        )
     writer.add_tensor_info(TOKENIZER_TENSOR, (len(tokenizer.data),), np.dtype(np.int8), len(tokenizer.data))
     for vname, (k, v) in voices.items():
         for kind, arr in (("k", k), ("v", v)):

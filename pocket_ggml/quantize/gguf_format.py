@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from gguf import GGUFWriter
 
 from pocket_ggml.errors import ModelFileError
 from pocket_ggml.quantize.config import (
@@ -30,6 +29,9 @@ from pocket_ggml.quantize.config import (
     SEANetConfig,
     TextRules,
 )
+
+if TYPE_CHECKING:  # gguf-py is imported only where a file is written (see ggml_types)
+    from gguf import GGUFWriter
 
 ARCH = "pocket-tts"
 FORMAT_VERSION = 1

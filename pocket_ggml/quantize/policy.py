@@ -18,12 +18,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
-
 from pocket_ggml.errors import QuantizationError
+from pocket_ggml.quantize.ggml_types import QUANT_SIZES, FileType, GGMLType
 from pocket_ggml.quantize.names import Role
 
-T = GGMLQuantizationType
+T = GGMLType
 TENSOR_TYPES: dict[str, T] = {
     "F32": T.F32,
     "F16": T.F16,
@@ -49,7 +48,7 @@ def _mix(default: T, **by_role: T) -> dict[Role, T]:
 @dataclass(frozen=True)
 class Mix:
     name: str
-    file_type: LlamaFileType
+    file_type: FileType
     types: dict[Role, T]
     # (roles, type) applied to FlowLM layers where llama.cpp's `use_more_bits` holds.
     more_bits: tuple[tuple[Role, ...], T] | None = None
@@ -59,23 +58,23 @@ class Mix:
 _F16_PARTS = {r.name: T.F16 for r in (Role.FLOW, *_SMALL_LM, Role.SEANET_DEC, Role.MIMI_QUANT_OUT)}
 
 MIXES: dict[str, Mix] = {
-    "F32": Mix("F32", LlamaFileType.ALL_F32, _mix(T.F32), description="everything F32 (the parity baseline)"),
-    "F16": Mix("F16", LlamaFileType.MOSTLY_F16, _mix(T.F16), description="every matrix F16"),
+    "F32": Mix("F32", FileType.ALL_F32, _mix(T.F32), description="everything F32 (the parity baseline)"),
+    "F16": Mix("F16", FileType.MOSTLY_F16, _mix(T.F16), description="every matrix F16"),
     "Q8_0": Mix(
         "Q8_0",
-        LlamaFileType.MOSTLY_Q8_0,
+        FileType.MOSTLY_Q8_0,
         _mix(T.Q8_0, **_F16_PARTS),
         description="matrices Q8_0; flow head, SEANet decoder and small projections F16",
     ),
     "Q6_K": Mix(
         "Q6_K",
-        LlamaFileType.MOSTLY_Q6_K,
+        FileType.MOSTLY_Q6_K,
         _mix(T.Q8_0, LM_ATTN_QKV=T.Q6_K, LM_FFN_UP=T.Q6_K, LM_FFN_DOWN=T.Q6_K, LM_TEXT_EMBD=T.Q6_K, **_F16_PARTS),
         description="FlowLM Q6_K (out_proj Q8_0), Mimi transformers Q8_0, flow head and SEANet F16",
     ),
     "Q5_K_M": Mix(
         "Q5_K_M",
-        LlamaFileType.MOSTLY_Q5_K_M,
+        FileType.MOSTLY_Q5_K_M,
         _mix(
             T.Q8_0,
             LM_ATTN_QKV=T.Q5_K,
@@ -91,7 +90,7 @@ MIXES: dict[str, Mix] = {
     ),
     "Q4_K_M": Mix(
         "Q4_K_M",
-        LlamaFileType.MOSTLY_Q4_K_M,
+        FileType.MOSTLY_Q4_K_M,
         _mix(
             T.Q6_K,
             LM_ATTN_QKV=T.Q4_K,
@@ -119,7 +118,7 @@ def use_more_bits(layer: int, n_layers: int) -> bool:
 
 
 def row_fits(qtype: T, row: int) -> bool:
-    block = GGML_QUANT_SIZES[qtype][0]
+    block = QUANT_SIZES[qtype][0]
     return row % block == 0
 
 
@@ -184,7 +183,7 @@ def choose_type(
 
 
 def type_nbytes(qtype: T, shape: tuple[int, ...]) -> int:
-    block, size = GGML_QUANT_SIZES[qtype]
+    block, size = QUANT_SIZES[qtype]
     n = 1
     for d in shape:
         n *= d

@@ -48,9 +48,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from pocket_ggml.errors import QuantizationError
+from pocket_ggml.quantize.ggml_types import QUANT_SIZES, GGMLType
 
 os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 # libgomp reads this when ggml is loaded. Its default spins at every barrier, which turns each one
@@ -762,14 +762,14 @@ def _read(t: Tensor) -> np.ndarray:
 _MIN_ROWS_PER_CHUNK = 64
 
 
-def quantize_rows(matrix: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+def quantize_rows(matrix: np.ndarray, qtype: GGMLType) -> np.ndarray:
     """Quantize a 2-D float32 array row by row with ggml's kernels (the `gguf` package quantizes only
     Q8_0/Q4_0); returns the raw blocks as uint8 [rows, row_bytes]. Rows must be whole blocks (checked
     here: ggml would abort the interpreter)."""
     if matrix.ndim != 2 or matrix.dtype != np.float32:
         raise QuantizationError(f"quantize_rows needs a 2-D float32 array, got {matrix.dtype} {matrix.shape}")
     rows, n_per_row = matrix.shape
-    block, type_size = GGML_QUANT_SIZES[qtype]
+    block, type_size = QUANT_SIZES[qtype]
     if n_per_row % block:
         raise QuantizationError(f"rows of {n_per_row} are not a multiple of {qtype.name}'s block of {block}")
     if not np.isfinite(matrix).all():

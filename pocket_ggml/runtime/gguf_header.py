@@ -22,9 +22,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
-
 from pocket_ggml.errors import ModelFileError
+from pocket_ggml.quantize.ggml_types import QUANT_SIZES, GGMLType, GGUFValueType
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)  # same layout; gguf-py reads both
@@ -74,7 +73,7 @@ class KVInfo:
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
-    ggml_type: GGMLQuantizationType
+    ggml_type: GGMLType
     shape: tuple[int, ...]  # numpy order (outermost first): the reverse of GGUF's ne
     offset: int  # absolute, in the file
     nbytes: int
@@ -246,8 +245,8 @@ def _scan(c: _Cursor) -> GGUFHeader:
         ne = [c.u64(f"dimension {d} of {name!r}") for d in range(n_dims)]
         raw_type = c.u32(f"type of {name!r}")
         try:
-            ggml_type = GGMLQuantizationType(raw_type)
-            block, type_size = GGML_QUANT_SIZES[ggml_type]
+            ggml_type = GGMLType(raw_type)
+            block, type_size = QUANT_SIZES[ggml_type]
         except (ValueError, KeyError):
             raise c.fail(f"tensor {name!r} has unknown ggml type {raw_type}") from None
         rel = c.u64(f"data offset of {name!r}")

@@ -25,10 +25,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from pocket_ggml.errors import ModelFileError, PocketError
 from pocket_ggml.quantize.config import PocketConfig
+from pocket_ggml.quantize.ggml_types import QUANT_SIZES, GGMLType, GGUFValueType
 from pocket_ggml.quantize.gguf_format import (
     TOKENIZER_TENSOR,
     VOICE_TENSOR_PREFIX,
@@ -50,7 +50,7 @@ from pocket_ggml.quantize.policy import TENSOR_TYPES
 from pocket_ggml.runtime.ggml_backend import CpuBackend, TensorSpec, WeightStore, dequantize
 from pocket_ggml.runtime.gguf_header import GGUFHeader, TensorInfo, scan_gguf
 
-T = GGMLQuantizationType
+T = GGMLType
 _NUMPY_TYPES = {T.F32: np.dtype(np.float32), T.F16: np.dtype(np.float16), T.I8: np.dtype(np.int8)}
 _WEIGHT_TYPES = set(TENSOR_TYPES.values())
 
@@ -191,7 +191,7 @@ class ModelFile:
             rule = from_gguf(name).rule  # type: ignore[union-attr]
             if (rule.role in (Role.VECTOR, Role.MIMI_UPSAMPLE)) and t.ggml_type != T.F32:
                 raise ModelFileError(f"{where}: tensor {name} must be F32, is {t.ggml_type.name}")
-            if shape[-1] % GGML_QUANT_SIZES[t.ggml_type][0]:
+            if shape[-1] % QUANT_SIZES[t.ggml_type][0]:
                 raise ModelFileError(f"{where}: tensor {name} rows of {shape[-1]} do not fit {t.ggml_type.name}")
         tok = self.tensors.get(TOKENIZER_TENSOR)
         if tok is None or tok.ggml_type != T.I8 or len(tok.shape) != 1:
@@ -263,7 +263,7 @@ class ModelFile:
             return data.view(dtype).reshape(t.shape)
         return data.reshape(*t.shape[:-1], -1)
 
-    def tensor_type(self, gguf_name: str) -> GGMLQuantizationType:
+    def tensor_type(self, gguf_name: str) -> GGMLType:
         return self.tensors[gguf_name].ggml_type
 
     def dequantized(self, gguf_name: str) -> np.ndarray:
