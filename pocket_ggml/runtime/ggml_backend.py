@@ -651,6 +651,11 @@ class GraphRunner:
         self.backend = backend
         self.max_nodes = max_nodes
         self._kept: _BuiltGraph | None = None
+        # Every graph's context (tensor and node metadata, ~6 MB at 16384 nodes) lives in this one
+        # buffer, reused by each build: a fresh malloc per build comes, after glibc has raised its
+        # mmap threshold, from the heap, and a long stream's rebuilds grew the RSS by MBs.
+        self._ctx_size = ggml.ggml_tensor_overhead() * max_nodes + ggml.ggml_graph_overhead_custom(max_nodes, False)
+        self._ctx_memory: np.ndarray | None = None
         self._galloc = ggml.ggml_gallocr_new(ggml.ggml_backend_get_default_buffer_type(backend.handle))
         if not self._galloc:
             raise MemoryError("ggml_gallocr_new failed")
@@ -686,8 +691,12 @@ class GraphRunner:
         return out
 
     def _build(self, build: Callable[[Graph], Mapping[str, Tensor]]) -> _BuiltGraph:
-        mem = ggml.ggml_tensor_overhead() * self.max_nodes + ggml.ggml_graph_overhead_custom(self.max_nodes, False)
-        ctx = ggml.ggml_init(ggml.ggml_init_params(mem_size=mem, mem_buffer=None, no_alloc=True))
+        if self._ctx_memory is None:  # ggml_init asserts GGML_MEM_ALIGN (16); start on a cache line
+            raw = np.empty(self._ctx_size + 64, np.uint8)
+            start = -_address(raw) % 64
+            self._ctx_memory = raw[start : start + self._ctx_size]
+        params = ggml.ggml_init_params(mem_size=self._ctx_size, mem_buffer=_address(self._ctx_memory), no_alloc=True)
+        ctx = ggml.ggml_init(params)
         if not ctx:
             raise MemoryError("ggml_init failed")
         try:
