@@ -10,6 +10,8 @@ Switching from the official package is an import change:
 Long text is split into sentence chunks (<= 50 tokens by default), each generated from a fresh copy
 of the voice state. `generate_audio_stream` runs the FlowLM step and the Mimi transformer on a worker
 thread, the SEANet decoder in the caller's, and yields each 80 ms chunk as soon as it is decoded.
+Pauses written in the text (`[pause:1.5]`, `<break time="300ms"/>`; see `pocket_ggml.runtime.markup`)
+split it before chunking and play as exact silences.
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pocket_ggml.errors import PocketError
+from pocket_ggml.errors import ParameterError, PocketError
 from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.runtime.flow_lm import sample_noise
+from pocket_ggml.runtime.markup import Pause, Segment, parse_markup
 from pocket_ggml.runtime.model import GenerationSettings, PocketRuntime
-from pocket_ggml.runtime.text import MAX_TOKENS_PER_CHUNK, split_into_best_sentences
+from pocket_ggml.runtime.text import MAX_TOKENS_PER_CHUNK, TextError, split_into_best_sentences
 from pocket_ggml.voices.state import VoiceState, VoiceStateError, load_voice_state, save_voice_state
 from pocket_ggml.voices.store import resolve_model, stored_voice
 
@@ -37,10 +41,6 @@ __all__ = ["TTSModel", "VoiceState", "save_voice_state", "load_voice_state"]
 
 class BusyError(PocketError):
     """One TTSModel used by two generations at once (use one instance per thread)."""
-
-
-class ParameterError(PocketError):
-    """A generation parameter out of range (NaN or negative temperature, threads < 1, ...)."""
 
 
 _MAX_THREADS = 64
@@ -64,6 +64,13 @@ def _check_float(name: str, x: float | None, *, allow_inf: bool = False, minimum
     if np.isnan(x) or (np.isinf(x) and not allow_inf) or (minimum is not None and x < minimum):
         raise ParameterError(f"{name} must be a {'' if allow_inf else 'finite '}number >= {minimum}, got {x}")
     return x
+
+
+@dataclass(frozen=True)
+class Silence:
+    """A pause as the stream plays it: this many zero samples."""
+
+    samples: int
 
 
 class TTSModel:
@@ -209,7 +216,8 @@ class TTSModel:
 
     # ------------------------------------------------------------------ generation
     def generate_audio(self, model_state: VoiceState, text_to_generate: str, **kwargs) -> np.ndarray:
-        """The whole audio (float32, `sample_rate`) of `text_to_generate` in the voice of `model_state`."""
+        """The whole audio (float32, `sample_rate`) of `text_to_generate` in the voice of `model_state`;
+        takes the keywords of `generate_audio_stream`."""
         chunks = list(self.generate_audio_stream(model_state, text_to_generate, **kwargs))
         return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
@@ -222,15 +230,26 @@ class TTSModel:
         frames_after_eos: int | None = None,
         stop: threading.Event | None = None,
         seed: int | None = None,
+        markup: bool = True,
     ) -> Iterator[np.ndarray]:
         """Audio chunks (one latent frame, 80 ms, each) as they are decoded. The FlowLM and the Mimi
         decoder's transformer run on a worker thread ahead of the SEANet decoder, which runs in the
-        caller's thread; setting `stop` ends within a frame."""
+        caller's thread; setting `stop` ends within a frame.
+
+        With `markup`, pauses in the text (`[pause:1.5]`, `[pause:300ms]`, `<break time="1.5s"/>`, optionally
+        in `<speak>...</speak>`) split it: each side is chunked and generated as a text of its own would be,
+        and each pause is round(seconds * sample_rate) zeros, in pieces of at most a frame. The sampling
+        noise is one sequence across chunks and pauses (a pause draws none), so `A [pause:1] B` speaks A and
+        B exactly as two calls `generate_audio(A)`, `generate_audio(B)` in a row do. Errors in the markup
+        (`MarkupError`, a `ParameterError`) are raised here, before any audio; `markup=False` speaks the text
+        as written."""
         if not isinstance(model_state, VoiceState):
             raise VoiceStateError("model_state must come from get_state_for_audio_prompt or load_voice_state")
         self._checked(model_state)
         if not isinstance(text_to_generate, str):
             raise ParameterError("the text must be a string")
+        if not isinstance(markup, bool):
+            raise ParameterError(f"markup must be True or False, got {markup!r}")
         max_tokens = self._max_tokens if max_tokens is None else max_tokens
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise ParameterError(f"max_tokens must be a positive integer, got {max_tokens!r}")
@@ -241,13 +260,28 @@ class TTSModel:
             settings = GenerationSettings(
                 settings.temperature, settings.eos_threshold, settings.noise_clamp, frames_after_eos
             )
-        chunks = split_into_best_sentences(self._rt.tokenizer, text_to_generate, self._rt.config.text, max_tokens)
-        return self._stream(model_state, chunks, settings, rng, stop)
+        segments = parse_markup(text_to_generate) if markup else [text_to_generate]
+        return self._stream(model_state, self._chunks(segments, max_tokens), settings, rng, stop)
+
+    def _chunks(self, segments: list[Segment], max_tokens: int) -> list[str | Silence]:
+        """The sentence chunks of each text piece and the silences between them (adjacent pauses joined)."""
+        if not segments:
+            raise TextError("the text is empty")
+        chunks: list[str | Silence] = []
+        for segment in segments:
+            if isinstance(segment, Pause):
+                samples = segment.samples(self.sample_rate)
+                if chunks and isinstance(chunks[-1], Silence):
+                    samples += chunks.pop().samples
+                chunks.append(Silence(samples))
+            else:
+                chunks += split_into_best_sentences(self._rt.tokenizer, segment, self._rt.config.text, max_tokens)
+        return chunks
 
     def _stream(
         self,
         voice: VoiceState,
-        chunks: list[str],
+        chunks: list[str | Silence],
         settings: GenerationSettings,
         rng: np.random.Generator,
         stop: threading.Event,
@@ -257,6 +291,9 @@ class TTSModel:
             for chunk in chunks:
                 if stop.is_set():
                     return
+                if isinstance(chunk, Silence):
+                    yield from _silence(chunk.samples, self._rt.config.mimi.frame_size, stop)
+                    continue
                 # Two threads per chunk, each a fixed share of a frame: the worker runs the FlowLM step
                 # and the first half of the Mimi decoder (up to the middle of its transformer), the
                 # consumer the rest (the other transformer layers, the SEANet). On two cores this
@@ -304,6 +341,15 @@ class TTSModel:
 
     def close(self) -> None:
         self._rt.close()
+
+
+def _silence(samples: int, frame_size: int, stop: threading.Event) -> Iterator[np.ndarray]:
+    """Zeros in pieces of at most a frame: a consumer gets chunks of the size speech comes in, and `stop`
+    ends a long pause at once."""
+    for start in range(0, samples, frame_size):
+        if stop.is_set():
+            return
+        yield np.zeros(min(frame_size, samples - start), np.float32)
 
 
 def _drain(queued: queue.Queue, worker: threading.Thread) -> None:

@@ -32,3 +32,7 @@ class ModelFileError(PocketError):
 
 class OutputError(PocketError):
     """The destination cannot be written."""
+
+
+class ParameterError(PocketError):
+    """A generation parameter out of range (NaN or negative temperature, threads < 1, a pause over 10 s, ...)."""

@@ -46,6 +46,14 @@ def _write_audio(path: Path, audio: np.ndarray, rate: int) -> None:
 @click.option(
     "--stream", is_flag=True, help="raw 16-bit PCM on stdout as it is made; with stdin, speak each line as it arrives"
 )
+@click.option(
+    "--no-markup",
+    "markup",
+    is_flag=True,
+    flag_value=False,
+    default=True,
+    help='speak [pause:1.5] and <break time="1s"/> as written instead of pausing',
+)
 @click.option("--temperature", "--temp", "temp", type=float, help="sampling temperature (default: the model's)")
 @click.option("--lsd-decode-steps", type=int, default=1, show_default=True)
 @click.option("--eos-threshold", type=float, help="EOS logit threshold (default: the model's)")
@@ -75,6 +83,7 @@ def main(
     model,
     output,
     stream,
+    markup,
     temp,
     lsd_decode_steps,
     eos_threshold,
@@ -91,6 +100,7 @@ def main(
 
     \b
       pocket-speak --text "Hello world." -o hello.wav
+      pocket-speak --text "Ready? [pause:1.5] Go!" -o go.wav
       llm-chat | pocket-speak --stream --voice me.wav | aplay -f S16_LE -r 24000
     """
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
@@ -101,6 +111,7 @@ def main(
             model,
             output,
             stream,
+            markup,
             temp,
             lsd_decode_steps,
             eos_threshold,
@@ -127,6 +138,7 @@ def _run(
     model,
     output,
     stream,
+    markup,
     temp,
     lsd_decode_steps,
     eos_threshold,
@@ -172,7 +184,7 @@ def _run(
         out = sys.stdout.buffer
         for line in sys.stdin:
             if line.strip():
-                for chunk in tts.generate_audio_stream(state, line):
+                for chunk in tts.generate_audio_stream(state, line, markup=markup):
                     out.write(_pcm16(chunk))
                     out.flush()
         return
@@ -180,16 +192,17 @@ def _run(
         text = sys.stdin.read()
     chunks = []
     stop = threading.Event()
-    frames = 0
-    for chunk in tts.generate_audio_stream(state, text, stop=stop):
+    frames = samples = 0
+    for chunk in tts.generate_audio_stream(state, text, stop=stop, markup=markup):
         frames += 1
+        samples += chunk.size
         if stream:
             sys.stdout.buffer.write(_pcm16(chunk))
             sys.stdout.buffer.flush()
         if output:
             chunks.append(chunk)
         if not quiet and frames % 25 == 0:
-            click.echo(f"\rpocket-speak: {frames * len(chunk) / tts.sample_rate:.1f} s of audio", err=True, nl=False)
+            click.echo(f"\rpocket-speak: {samples / tts.sample_rate:.1f} s of audio", err=True, nl=False)
     if not quiet and frames >= 25:
         click.echo("", err=True)
     if output:
