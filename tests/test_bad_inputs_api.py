@@ -120,6 +120,19 @@ def _text_cases(d: Path) -> list[dict]:
         cases.append(
             {"name": f"text {k}", "kind": "text", "text": v, "expect": "error" if k != "deleted by rules" else "any"}
         )
+    markers, unit = d / "markers.txt", "[pause:10] Go <break time='5ms'/> on. "
+    markers.write_text(unit * (1_000_000 // len(unit)), encoding="utf-8")  # parsed whole before the first sample
+    cases.append({"name": "markup 1 MB of markers", "kind": "text", "path": str(markers), "expect": "ok"})
+    for k, (v, expect) in {
+        "only pauses": ("[pause:10][pause:0]", "ok"),
+        "malformed pause": ("Hi [pause:1.5", "error"),
+        "pause of 11 s": ("Hi [pause:11]", "error"),
+        "other tag": ("<speak>Hi <prosody rate='slow'>there</prosody></speak>", "error"),
+        "unclosed speak": ("<speak>Hi", "error"),
+        "bad character reference": ("<speak>&#xD800;</speak>", "error"),
+        "less-than sign": ("3 < 4 and x<y", "ok"),
+    }.items():
+        cases.append({"name": f"markup {k}", "kind": "text", "text": v, "expect": expect})
     return cases
 
 
