@@ -3,9 +3,9 @@ optionally inside one `<speak>...</speak>` wrapper.
 
 `parse_markup(text)` splits the text at its pauses into text pieces and `Pause`s, in order. The rules:
 
-- A duration is a decimal number (`1`, `1.5`, `.5`), in seconds, or followed by `s` or `ms`; each pause is 0 to
-  10 s inclusive. Anything else where a pause is written is a `MarkupError` naming its position: a marker that
-  is not spoken must never be spoken as text either.
+- A duration is a decimal number (`1`, `1.5`, `.5`) of seconds, bare or followed by `s`, or of milliseconds
+  followed by `ms`; each pause is 0 to 10 s inclusive. Anything else where a duration is written is a
+  `MarkupError` naming its position: markup that cannot be read is never spoken as text instead.
 - `[pause` starts a marker (case-insensitive, `[pauses]` does not): it must read `[pause:DURATION]`.
 - `<break`, `</break`, `<speak` and `</speak` always start markup that must be well-formed: `<break time="..."/>`
   (or `'...'`, space before `/>` allowed, no other attribute), and `<speak ...>` first in the text (its
