@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import ggml
 import numpy as np
 
-from pocket_ggml.ggml_graphs.attention import AttentionInputs, LayerKV
+from pocket_ggml.ggml_graphs.attention import AttentionInputs, LayerKV, ScoreTap
 from pocket_ggml.ggml_graphs.mlp import simple_mlp_adaln
 from pocket_ggml.ggml_graphs.nn import Weights, expect_shape, layer_norm, linear, rows, weight, width
 from pocket_ggml.ggml_graphs.transformer import NORM_EPS, TransformerShape, streaming_transformer
@@ -69,17 +69,19 @@ def flow_lm_backbone(
     caches: Sequence[LayerKV] | None,
     n_out: int = 1,
     stages: dict[str, Tensor] | None = None,
+    tap: ScoreTap | None = None,
 ) -> Tensor:
     """FlowLMModel.backbone on the sequence x (T, d_model): transformer, then out_norm and z_proj of
     the last `n_out` rows -> (n_out, cond_dim), what the EOS and flow heads read. With `stages`,
     the intermediates are added to it: `layerNN` (all rows), `transformer_out`, `hidden` (after
-    out_norm) and `z` (after z_proj), the last three over the last `n_out` rows."""
+    out_norm) and `z` (after z_proj), the last three over the last `n_out` rows. `tap`: attention
+    scores to output as well (`ScoreTap`)."""
     ctx, d = g.ctx, cfg.d_model
     if not 1 <= n_out <= inputs.n_rows:
         raise ValueError(f"cannot output {n_out} of {inputs.n_rows} rows")
     shape = TransformerShape.for_flow_lm(cfg)
     layer_outputs: list[Tensor] | None = [] if stages is not None else None
-    h = streaming_transformer(g, w, f"{PREFIX}.transformer", x, shape, inputs, caches, layer_outputs)
+    h = streaming_transformer(g, w, f"{PREFIX}.transformer", x, shape, inputs, caches, layer_outputs, tap=tap)
     h = last_rows(g, h, n_out)
     norm_w = weight(w, f"{PREFIX}.out_norm.weight", (d,))
     hidden = layer_norm(ctx, h, NORM_EPS, norm_w, weight(w, f"{PREFIX}.out_norm.bias", (d,)))
@@ -163,13 +165,15 @@ def flow_lm_step(
     decode_steps: int = 1,
     stages: dict[str, Tensor] | None = None,
     n_out: int = 1,
+    tap: ScoreTap | None = None,
 ) -> dict[str, Tensor]:
     """FlowLMModel.forward for one call: [cond_rows | input_linear(latent_rows)] through the
     backbone; from the last row, `h` (1, cond_dim), `eos_logit` (1, 1) and the sampled `latent`.
 
     cond_rows are (N, d_model) text or voice rows; latent_rows (M, latent_dim) have BOS filled in.
     With `stages`, the backbone's intermediates (see `flow_lm_backbone`, over the last `n_out`
-    rows) are added to the outputs.
+    rows) are added to the outputs. With `tap` (a single-row call), its attention scores are too, as
+    `scores.LAYER.HEAD` (keys,) each.
     """
     parts = [] if cond_rows is None else [cond_rows]
     if latent_rows is not None:
@@ -178,7 +182,7 @@ def flow_lm_step(
         raise ValueError("a FlowLM call needs conditioning rows or latent rows")
     x = parts[0] if len(parts) == 1 else ggml.ggml_concat(g.ctx, parts[0], parts[1], 1)
     expect_shape(noise, (1, width(noise)), "sampler noise")
-    h = flow_lm_backbone(g, w, cfg, x, inputs, caches, n_out, stages)
+    h = flow_lm_backbone(g, w, cfg, x, inputs, caches, n_out, stages, tap)
     if n_out > 1:
         h = last_rows(g, h, 1)
     out = {
@@ -188,4 +192,6 @@ def flow_lm_step(
     }
     if stages is not None:
         out.update(stages)
+    if tap is not None:
+        out.update({f"scores.{layer}.{head}": t for (layer, head), t in tap.scores.items()})
     return out

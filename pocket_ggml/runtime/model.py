@@ -149,7 +149,10 @@ class PocketRuntime:
         settings: GenerationSettings,
         noise: NoiseSource,
         should_stop: Callable[[], bool] = lambda: False,
+        text_heads: tuple[tuple[int, int], ...] = (),
     ) -> Iterator[Frame]:
+        """Latent frames of one chunk of text; with `text_heads`, each with those heads' attention
+        scores over the chunk's tokens (word timestamps)."""
         tokens, guess = self.tokens(text)
         max_frames = settings.max_frames
         if max_frames is None:
@@ -163,6 +166,7 @@ class PocketRuntime:
             frames_after_eos=frames_after_eos_for(guess, settings.frames_after_eos),
             max_frames=max_frames,
             should_stop=should_stop,
+            text_heads=text_heads,
         )
 
     def synthesize(
