@@ -2,12 +2,15 @@
 
 On plain synthetic weights the heads pocket-tts-timestamped reads barely move along the text, so a
 comparison of word events would compare two nearly empty lists. `shaped_model` edits the query and
-key rows of exactly those heads (the fork's `timestamp_heads` of the config) in the released-layout
-checkpoint, before either side loads it: each such head's query and key become constant vectors
-whose RoPE product peaks when the key lies `lag` positions before the query. At each frame the
-head then looks at the token `lag` rows back, one token further per frame, so the words of a text
-of about `lag` tokens are read one after the other. The rest of the model is the seeded synthetic
-one. Both sides load the same file: the fork the safetensors, we a GGUF converted from it.
+key rows of exactly those heads (the fork's `timestamp_heads` of the config), and the norm1 bias of
+their layers, in the released-layout checkpoint, before either side loads it: each such head's
+query and key become constant vectors whose RoPE product peaks when the key lies `lag` positions
+before the query. At each frame the head then looks at the token `lag` rows back, one token further
+per frame, so the words of a text of about `lag` tokens are read one after the other. The product is
+symmetric about its peak: with an integer `lag` two keys at equal distance would tie exactly, for
+float rounding to decide differently on the two sides, hence e.g. 15.75. The rest of the model is the
+seeded synthetic one. Both sides load the same file: the fork the safetensors, we a GGUF converted
+from it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.runtime.timestamps import timestamp_heads
 
 PEAK_LOGIT = 3.0  # per frequency pair: the peak stands ~PEAK_LOGIT * head_dim / 16 above far keys
+# Added to those layers' norm1 bias along norm1.weight: sum_i b_i / w_i grows by BIAS_SHIFT * d_model,
+# so the constant rows stay as small as the synthetic weights. With the synthetic bias alone that sum
+# can be ~0.05 (english layer 2), and rows 1/0.05 times larger turn quantization error into noise
+# larger than the attention pattern itself.
+BIAS_SHIFT = 0.05
 
 
 def _constant_rows(vector: np.ndarray, norm_w: np.ndarray, norm_b: np.ndarray) -> np.ndarray:
@@ -42,7 +50,7 @@ def _constant_rows(vector: np.ndarray, norm_w: np.ndarray, norm_b: np.ndarray) -
     return np.outer(vector, inv_w / s)
 
 
-def shaped_tensors(cfg: PocketConfig, tensors: dict[str, np.ndarray], lag: int) -> dict[str, np.ndarray]:
+def shaped_tensors(cfg: PocketConfig, tensors: dict[str, np.ndarray], lag: float) -> dict[str, np.ndarray]:
     f = cfg.flow_lm
     d, attn_dim = f.head_dim, f.num_heads * f.head_dim
     group = f.num_heads // f.num_kv_heads
@@ -53,7 +61,13 @@ def shaped_tensors(cfg: PocketConfig, tensors: dict[str, np.ndarray], lag: int) 
     key = np.zeros(d)
     key[0::2] = 1.0
     out = dict(tensors)
-    for layer, head in timestamp_heads(cfg.name):
+    heads = timestamp_heads(cfg.name)
+    for layer in {layer for layer, _ in heads}:
+        prefix = f"flow_lm.transformer.layers.{layer}"
+        out[f"{prefix}.norm1.bias"] = (
+            out[f"{prefix}.norm1.bias"] + np.float32(BIAS_SHIFT) * out[f"{prefix}.norm1.weight"]
+        )
+    for layer, head in heads:
         prefix = f"flow_lm.transformer.layers.{layer}"
         w_in = out[f"{prefix}.self_attn.in_proj.weight"].astype(np.float64).copy()
         nw, nb = out[f"{prefix}.norm1.weight"], out[f"{prefix}.norm1.bias"]
@@ -64,7 +78,7 @@ def shaped_tensors(cfg: PocketConfig, tensors: dict[str, np.ndarray], lag: int) 
     return out
 
 
-def shaped_model(config: str, lag: int, mix: str = "F32") -> tuple[Path, Path]:
+def shaped_model(config: str, lag: float, mix: str = "F32") -> tuple[Path, Path]:
     """(released-layout safetensors, GGUF `mix`) of the shaped synthetic model (made once)."""
     import safetensors.numpy
 
@@ -84,7 +98,7 @@ def shaped_model(config: str, lag: int, mix: str = "F32") -> tuple[Path, Path]:
     return st, gguf
 
 
-def fork_run(config: str, lag: int, text: str, *, temp: float, frames: int) -> dict:
+def fork_run(config: str, lag: float, text: str, *, temp: float, frames: int) -> dict:
     """pocket-tts-timestamped on the shaped checkpoint (tests/workers/timestamps_reference.py)."""
     out = _root() / "timestamps" / f"{config}-shaped{lag}-t{temp}-f{frames}-{zlib.crc32(text.encode()):08x}.json"
     if not out.exists():

@@ -356,3 +356,28 @@ class WordAlignment:
         events = [self._close(audio_end)] if self._open is not None else []
         self._next = len(self._word_units)
         return events
+
+
+class ChunkTimestamps:
+    """The word events of one chunk, frame by frame, on a sample clock: `frame(text_scores, audio,
+    start)` with the frame's attention scores (heads, tokens), its decoded audio and the sample at
+    which that audio starts; `finish(end)` at the sample where the chunk's audio ends."""
+
+    def __init__(self, chunk: TimestampChunk, heads: Sequence[tuple[int, int]], head_dim: int, sample_rate: int):
+        self.chunk = chunk
+        self.heads = tuple(heads)
+        self.head_dim = head_dim
+        self.sample_rate = sample_rate
+        self.alignment = WordAlignment(chunk.units)
+
+    def frame(self, text_scores: np.ndarray, audio: np.ndarray, start: int) -> list[WordEvent]:
+        if text_scores.shape != (len(self.heads), self.chunk.token_to_unit.shape[0]):
+            raise ValueError(
+                f"attention scores of shape {text_scores.shape} for {len(self.heads)} heads over "
+                f"{self.chunk.token_to_unit.shape[0]} tokens"
+            )
+        scores = unit_scores(text_scores, self.heads, self.head_dim, self.chunk.token_to_unit)
+        return self.alignment.process_frame(scores, is_voiced(audio), start / self.sample_rate)
+
+    def finish(self, end: int) -> list[WordEnd]:
+        return self.alignment.finish(end / self.sample_rate)
