@@ -295,3 +295,79 @@ def test_any_text_gives_monotonic_times_inside_the_audio(shaped, shaped_voice, w
     text = " ".join(w + p for w, p in words)
     items = list(shaped.generate_audio_stream(shaped_voice, text, seed=7, timestamps=True, max_tokens=max_tokens))
     _check_stream(items, shaped.sample_rate)
+
+
+# ------------------------------------------------------------------------------------- the CLI
+FIXED = ["--temp", "0", "--eos-threshold", "inf", "--max-tokens", "50"]
+CLI_TEXT = "Hello world, this is a test. Of the pocket runtime!"
+
+
+def _speak(*args: str):
+    from click.testing import CliRunner
+
+    from pocket_ggml.speak_cli import main as speak
+
+    return CliRunner().invoke(speak, ["--model", str(shaped_model(SHAPED, LAG)[1]), *args, *FIXED])
+
+
+def test_cli_writes_srt_vtt_and_json_of_the_apis_words(tmp_path, voice_wav):
+    import json
+    import re
+
+    model = TTSModel.load_model(shaped_model(SHAPED, LAG)[1], temp=0.0, eos_threshold=float("inf"))
+    _, words = model.generate_audio_with_timestamps(model.get_state_for_audio_prompt(voice_wav), CLI_TEXT)
+    assert len(words) >= 8
+    for ext in ("srt", "vtt", "json"):
+        out = tmp_path / f"words.{ext}"
+        r = _speak(
+            "--voice", str(voice_wav), "--text", CLI_TEXT, "-o", str(tmp_path / "a.wav"), "--timestamps", str(out)
+        )
+        assert r.exit_code == 0, r.output
+        body = out.read_text(encoding="utf-8")
+        if ext == "json":
+            got = json.loads(body)["words"]
+            assert [(w["word"], w["word_index"], w["start_time"], w["end_time"]) for w in got] == [
+                (w.word, w.word_index, w.start_time, w.end_time) for w in words
+            ]
+            continue
+        sep = "," if ext == "srt" else r"\."
+        stamp = rf"(\d\d):(\d\d):(\d\d){sep}(\d\d\d)"
+        times = [
+            [int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000 for h, m, s, ms in pair]
+            for pair in (re.findall(stamp, line) for line in body.splitlines() if "-->" in line)
+        ]
+        assert body.startswith("WEBVTT\n\n" if ext == "vtt" else "1\n")
+        assert times and all(a <= b for a, b in times) and all(p[1] <= q[0] for p, q in zip(times, times[1:]))
+        assert "Hello world, this is a test." in body  # punctuation kept, a cue ends at the sentence end
+        assert abs(times[0][0] - words[0].start_time) < 1e-3 and abs(times[-1][1] - words[-1].end_time) < 1e-3
+
+
+def test_cli_refuses_other_timestamp_files_before_generating(tmp_path, voice_wav):
+    for bad in (tmp_path / "words.txt", tmp_path / "missing" / "words.srt"):
+        r = _speak("--voice", str(voice_wav), "--text", "Hi.", "-o", str(tmp_path / "a.wav"), "--timestamps", str(bad))
+        assert r.exit_code == 2 and "pocket-speak: error:" in r.output and not bad.exists()
+    assert not (tmp_path / "a.wav").exists()
+
+
+def test_cli_stream_echoes_events_as_json_lines_on_stderr_over_stdin_lines(tmp_path, voice_wav):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "words.json"
+    cmd = [sys.executable, "-m", "pocket_ggml.speak_cli", "--model", str(shaped_model(SHAPED, LAG)[1])]
+    cmd += ["--voice", str(voice_wav), "--stream", "--timestamps", str(out), "-q", *FIXED]
+    lines = "Hello world, this is a test.\nOf the pocket runtime.\n"
+    r = subprocess.run(cmd, input=lines.encode(), capture_output=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    events = [json.loads(line) for line in r.stderr.decode().splitlines()]
+    duration = len(r.stdout) / 2 / 24000
+    assert {e["event"] for e in events} == {"word_start", "word_end"}
+    at = [e.get("end_time", e["start_time"]) for e in events]  # when each event happened
+    assert at == sorted(at) and 0 <= at[0] and at[-1] <= duration
+    indices = [e["word_index"] for e in events if e["event"] == "word_end"]
+    assert indices == sorted(indices) and max(indices) >= 7  # the second line's words are numbered on
+    second = [e for e in events if e["word_index"] >= 6]
+    assert second and min(e["start_time"] for e in second) >= 8 * 0.08
+    saved = json.loads(out.read_text(encoding="utf-8"))
+    assert [w["word_index"] for w in saved["words"]] == indices and saved["duration"] == duration
