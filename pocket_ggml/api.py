@@ -34,6 +34,7 @@ from pocket_ggml.runtime.model import GenerationSettings, PocketRuntime
 from pocket_ggml.runtime.text import MAX_TOKENS_PER_CHUNK, split_into_best_sentences
 from pocket_ggml.runtime.timestamps import (
     ChunkTimestamps,
+    TimestampChunk,
     TimestampsUnavailable,
     WordEnd,
     WordStart,
@@ -294,8 +295,8 @@ class TTSModel:
             raise ParameterError(f"timestamps must be True or False, got {timestamps!r}")
         heads = timestamp_heads(self._rt.config.name) if timestamps else ()
         chunks = split_into_best_sentences(self._rt.tokenizer, text_to_generate, self._rt.config.text, max_tokens)
-        words = self._rt.timestamp_chunks(text_to_generate, chunks) if heads else None
-        return self._stream(model_state, chunks, settings, rng, stop, heads, words)
+        word_chunks = self._rt.timestamp_chunks(text_to_generate, chunks) if heads else None
+        return self._stream(model_state, chunks, settings, rng, stop, heads, word_chunks)
 
     def _stream(
         self,
@@ -305,7 +306,7 @@ class TTSModel:
         rng: np.random.Generator,
         stop: threading.Event,
         heads: tuple[tuple[int, int], ...] = (),
-        words=None,
+        word_chunks: list[TimestampChunk] | None = None,
     ) -> Iterator[np.ndarray | WordStart | WordEnd]:
         with self._exclusive():
             clock = 0  # samples yielded so far: the time base of word events
@@ -313,8 +314,8 @@ class TTSModel:
                 if stop.is_set():
                     return
                 timing = None
-                if words is not None:
-                    timing = ChunkTimestamps(words[k], heads, self._rt.config.flow_lm.head_dim, self.sample_rate)
+                if word_chunks is not None:
+                    timing = ChunkTimestamps(word_chunks[k], heads, self._rt.config.flow_lm.head_dim, self.sample_rate)
                 for audio, text_scores in self._chunk_frames(voice, chunk, settings, rng, stop, heads):
                     if timing is not None:
                         yield from timing.frame(text_scores, audio, clock)
