@@ -18,7 +18,7 @@ from pocket_ggml.ggml_graphs.mlp import simple_mlp_adaln
 from pocket_ggml.ggml_graphs.nn import Weights, expect_shape, layer_norm, linear, rows, weight, width
 from pocket_ggml.ggml_graphs.transformer import NORM_EPS, TransformerShape, streaming_transformer
 from pocket_ggml.quantize.config import FlowLMConfig
-from pocket_ggml.runtime.ggml_backend import GGML_TYPE_I32, Graph, Tensor, ggml_type_of, tensor_nb
+from pocket_ggml.runtime.ggml_backend import GGML_TYPE_I32, Graph, Tensor, ggml_type_of, tensor_nb, tensor_ne
 
 PREFIX = "flow_lm"
 
@@ -173,7 +173,7 @@ def flow_lm_step(
     cond_rows are (N, d_model) text or voice rows; latent_rows (M, latent_dim) have BOS filled in.
     With `stages`, the backbone's intermediates (see `flow_lm_backbone`, over the last `n_out`
     rows) are added to the outputs. With `tap` (a single-row call), its attention scores are too, as
-    `scores.LAYER.HEAD` (keys,) each.
+    `text_scores` (heads, keys), the heads in the order of `tap.heads_by_layer`.
     """
     parts = [] if cond_rows is None else [cond_rows]
     if latent_rows is not None:
@@ -192,6 +192,11 @@ def flow_lm_step(
     }
     if stages is not None:
         out.update(stages)
-    if tap is not None:
-        out.update({f"scores.{layer}.{head}": t for (layer, head), t in tap.scores.items()})
+    if tap is not None and tap.scores:
+        # One (keys, heads) output, in the order the tap lists its heads: one read per step, not one per head.
+        views = [tap.scores[(layer, head)] for layer, heads in tap.heads_by_layer.items() for head in heads]
+        scores = ggml.ggml_reshape_2d(g.ctx, views[0], tensor_ne(views[0])[0], 1)
+        for view in views[1:]:
+            scores = ggml.ggml_concat(g.ctx, scores, ggml.ggml_reshape_2d(g.ctx, view, tensor_ne(view)[0], 1), 1)
+        out["text_scores"] = scores
     return out

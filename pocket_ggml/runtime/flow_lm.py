@@ -9,6 +9,7 @@ fresh copy of it (`restore()`), as the reference does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -59,11 +60,20 @@ class TextAttention:
     heads: tuple[tuple[int, int], ...]
     rows: tuple[int, int]
 
-    def tap(self) -> ScoreTap:
+    def _by_layer(self) -> dict[int, tuple[int, ...]]:
         by_layer: dict[int, tuple[int, ...]] = {}
         for layer, head in self.heads:
             by_layer[layer] = (*by_layer.get(layer, ()), head)
-        return ScoreTap(by_layer, self.rows)
+        return by_layer
+
+    def tap(self) -> ScoreTap:
+        return ScoreTap(self._by_layer(), self.rows)
+
+    @cached_property
+    def tap_order(self) -> list[int]:
+        """Row of the tap's output holding each of `heads` (read every step: computed once)."""
+        tapped = [(layer, head) for layer, heads in self._by_layer().items() for head in heads]
+        return [tapped.index(pair) for pair in self.heads]
 
 
 @dataclass(frozen=True)
@@ -253,8 +263,8 @@ class FlowLM:
         latent = out.pop("latent").reshape(self.latent_dim)
         eos = float(out.pop("eos_logit").reshape(()))
         scores = None
-        if attention is not None:
-            scores = np.stack([out.pop(f"scores.{layer}.{head}").reshape(-1) for layer, head in attention.heads])
+        if attention is not None:  # the tap's order (by layer) back to the order of `attention.heads`
+            scores = out.pop("text_scores")[attention.tap_order]
         return FlowLMOutput(latent, eos, out if stages else {}, scores)
 
 
