@@ -4,7 +4,16 @@ from pocket_ggml import TTSModel
 model = TTSModel.load_model()  # the synthetic default; or a .gguf / released .safetensors
 """
 
-from pocket_ggml.api import BusyError, ParameterError, TTSModel
+from pocket_ggml.api import (
+    BusyError,
+    ParameterError,
+    TimestampedAudio,
+    TimestampsUnavailable,
+    TTSModel,
+    WordEnd,
+    WordStart,
+    WordTimestamp,
+)
 from pocket_ggml.errors import PocketError
 from pocket_ggml.voices.state import VoiceState, load_voice_state, save_voice_state
 
@@ -13,7 +22,12 @@ __all__ = [
     "ParameterError",
     "PocketError",
     "TTSModel",
+    "TimestampedAudio",
+    "TimestampsUnavailable",
     "VoiceState",
+    "WordEnd",
+    "WordStart",
+    "WordTimestamp",
     "load_voice_state",
     "save_voice_state",
 ]

@@ -12,31 +12,56 @@ of the voice state. `generate_audio_stream` runs the FlowLM step and the Mimi tr
 thread, the SEANet decoder in the caller's, and yields each 80 ms chunk as soon as it is decoded.
 Pauses written in the text (`[pause:1.5]`, `<break time="300ms"/>`; see `pocket_ggml.runtime.markup`)
 split it before chunking and play as exact silences.
+
+Word timestamps (`generate_audio_stream(..., timestamps=True)`, `generate_audio_with_timestamps`)
+are computed as pocket-tts-timestamped 1.4.0 does, from the attention of the config's timestamp heads
+over the text (pocket_ggml.runtime.timestamps); their times count the samples yielded before them.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from pocket_ggml.errors import ParameterError, PocketError
 from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.runtime.flow_lm import sample_noise
-from pocket_ggml.runtime.markup import Pause, Segment, parse_markup
+from pocket_ggml.runtime.markup import Pause, Segment, parse_markup, spoken_text
 from pocket_ggml.runtime.model import GenerationSettings, PocketRuntime
 from pocket_ggml.runtime.text import MAX_TOKENS_PER_CHUNK, TextError, split_into_best_sentences
+from pocket_ggml.runtime.timestamps import (
+    ChunkTimestamps,
+    TimestampChunk,
+    TimestampsUnavailable,
+    WordEnd,
+    WordStart,
+    WordTimestamp,
+    timestamp_heads,
+)
 from pocket_ggml.voices.state import VoiceState, VoiceStateError, load_voice_state, save_voice_state
 from pocket_ggml.voices.store import resolve_model, stored_voice
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TTSModel", "VoiceState", "save_voice_state", "load_voice_state"]
+__all__ = [
+    "TTSModel",
+    "TimestampedAudio",
+    "TimestampsUnavailable",
+    "VoiceState",
+    "WordEnd",
+    "WordStart",
+    "WordTimestamp",
+    "load_voice_state",
+    "save_voice_state",
+]
 
 
 class BusyError(PocketError):
@@ -46,6 +71,13 @@ class BusyError(PocketError):
 _MAX_THREADS = 64
 TRUNCATE_SECONDS = 30  # the reference's truncate=True
 MAX_PROMPT_SECONDS = 120  # a longer prompt adds nothing to the voice and takes a while to encode
+
+
+class TimestampedAudio(NamedTuple):
+    """`generate_audio_with_timestamps`'s result: the audio and its words, in order."""
+
+    audio: np.ndarray
+    words: list[WordTimestamp]
 
 
 def _check_threads(name: str, n: int) -> int:
@@ -221,6 +253,19 @@ class TTSModel:
         chunks = list(self.generate_audio_stream(model_state, text_to_generate, **kwargs))
         return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
+    def generate_audio_with_timestamps(
+        self, model_state: VoiceState, text_to_generate: str, **kwargs
+    ) -> TimestampedAudio:
+        """The whole audio and its words with start and end times in seconds (`WordTimestamp`s, in
+        order); the keywords are `generate_audio_stream`'s."""
+        audio, words = [], []
+        for item in self.generate_audio_stream(model_state, text_to_generate, timestamps=True, **kwargs):
+            if isinstance(item, np.ndarray):
+                audio.append(item)
+            elif isinstance(item, WordEnd):
+                words.append(WordTimestamp(item.word, item.word_index, item.start_time, item.end_time))
+        return TimestampedAudio(np.concatenate(audio) if audio else np.zeros(0, np.float32), words)
+
     def generate_audio_stream(
         self,
         model_state: VoiceState,
@@ -231,7 +276,8 @@ class TTSModel:
         stop: threading.Event | None = None,
         seed: int | None = None,
         markup: bool = True,
-    ) -> Iterator[np.ndarray]:
+        timestamps: bool = False,
+    ) -> Iterator[np.ndarray | WordStart | WordEnd]:
         """Audio chunks (one latent frame, 80 ms, each) as they are decoded. The FlowLM and the Mimi
         decoder's transformer run on a worker thread ahead of the SEANet decoder, which runs in the
         caller's thread; setting `stop` ends within a frame.
@@ -242,7 +288,12 @@ class TTSModel:
         noise is one sequence across chunks and pauses (a pause draws none), so `A [pause:1] B` speaks A and
         B exactly as two calls `generate_audio(A)`, `generate_audio(B)` in a row do. Errors in the markup
         (`MarkupError`, a `ParameterError`) are raised here, before any audio; `markup=False` speaks the text
-        as written."""
+        as written.
+
+        With `timestamps`, `WordStart` and `WordEnd` events come in the stream too, each before the
+        audio chunk of the frame it happened at (a word still open when a text chunk's audio ends,
+        or the stream is stopped, ends there). Their times, in seconds, count every sample yielded
+        before them. A config without timestamp heads raises `TimestampsUnavailable`."""
         if not isinstance(model_state, VoiceState):
             raise VoiceStateError("model_state must come from get_state_for_audio_prompt or load_voice_state")
         self._checked(model_state)
@@ -260,8 +311,16 @@ class TTSModel:
             settings = GenerationSettings(
                 settings.temperature, settings.eos_threshold, settings.noise_clamp, frames_after_eos
             )
+        if not isinstance(timestamps, bool):
+            raise ParameterError(f"timestamps must be True or False, got {timestamps!r}")
+        heads = timestamp_heads(self._rt.config.name) if timestamps else ()
         segments = parse_markup(text_to_generate) if markup else [text_to_generate]
-        return self._stream(model_state, self._chunks(segments, max_tokens), settings, rng, stop)
+        chunks = self._chunks(segments, max_tokens)
+        word_chunks = None
+        if heads:
+            text_chunks = [chunk for chunk in chunks if not isinstance(chunk, Silence)]
+            word_chunks = self._rt.timestamp_chunks(spoken_text(segments), text_chunks)
+        return self._stream(model_state, chunks, settings, rng, stop, heads, word_chunks)
 
     def _chunks(self, segments: list[Segment], max_tokens: int) -> list[str | Silence]:
         """The sentence chunks of each text piece and the silences between them (adjacent pauses joined)."""
@@ -285,46 +344,76 @@ class TTSModel:
         settings: GenerationSettings,
         rng: np.random.Generator,
         stop: threading.Event,
-    ) -> Iterator[np.ndarray]:
+        heads: tuple[tuple[int, int], ...] = (),
+        word_chunks: list[TimestampChunk] | None = None,
+    ) -> Iterator[np.ndarray | WordStart | WordEnd]:
         with self._exclusive():
-            dim = self._rt.config.mimi.latent_dim
+            clock = 0  # samples yielded so far: the time base of word events
+            text_index = itertools.count()  # which of word_chunks the next text chunk is
             for chunk in chunks:
                 if stop.is_set():
                     return
                 if isinstance(chunk, Silence):
-                    yield from _silence(chunk.samples, self._rt.config.mimi.frame_size, stop)
+                    for silence in _silence(chunk.samples, self._rt.config.mimi.frame_size, stop):
+                        clock += len(silence)
+                        yield silence
                     continue
-                # Two threads per chunk, each a fixed share of a frame: the worker runs the FlowLM step
-                # and the first half of the Mimi decoder (up to the middle of its transformer), the
-                # consumer the rest (the other transformer layers, the SEANet). On two cores this
-                # halves what one core does per frame.
-                hidden: queue.Queue = queue.Queue(maxsize=4)
-                failure: list[BaseException] = []
-                halt = threading.Event()  # this chunk is over: the consumer stopped or left
-                mimi = self._rt.mimi
+                timing = None
+                if word_chunks is not None:
+                    word_chunk = word_chunks[next(text_index)]
+                    timing = ChunkTimestamps(word_chunk, heads, self._rt.config.flow_lm.head_dim, self.sample_rate)
+                for audio, text_scores in self._chunk_frames(voice, chunk, settings, rng, stop, heads):
+                    if timing is not None:
+                        yield from timing.frame(text_scores, audio, clock)
+                    clock += len(audio)
+                    yield audio
+                if timing is not None:
+                    yield from timing.finish(clock)
 
-                def produce(text: str = chunk) -> None:
-                    try:
-                        noise = lambda: sample_noise(rng, dim, settings.temperature, settings.noise_clamp)  # noqa: E731
-                        halted = lambda: halt.is_set() or stop.is_set()  # noqa: E731
-                        for frame in self._rt.frames(voice.snapshot, text, settings, noise, should_stop=halted):
-                            hidden.put(mimi.transform(frame.latent[None, :]))
-                    except BaseException as e:  # handed to the consumer, raised there
-                        failure.append(e)
-                    finally:
-                        hidden.put(None)
+    def _chunk_frames(
+        self,
+        voice: VoiceState,
+        text: str,
+        settings: GenerationSettings,
+        rng: np.random.Generator,
+        stop: threading.Event,
+        heads: tuple[tuple[int, int], ...],
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """(audio, the timestamp heads' attention scores or None) of each frame of one text chunk."""
+        dim = self._rt.config.mimi.latent_dim
+        # Two threads per chunk, each a fixed share of a frame: the worker runs the FlowLM step and the
+        # first half of the Mimi decoder (up to the middle of its transformer), the consumer the rest
+        # (the other transformer layers, the SEANet). On two cores this halves what one core does per
+        # frame.
+        hidden: queue.Queue = queue.Queue(maxsize=4)
+        failure: list[BaseException] = []
+        halt = threading.Event()  # this chunk is over: the consumer stopped or left
+        mimi = self._rt.mimi
 
-                worker = threading.Thread(target=produce, name="pocket-flow-lm", daemon=True)
-                mimi.reset()
-                worker.start()
-                try:
-                    while (steps := hidden.get()) is not None and not stop.is_set():
-                        yield mimi.synthesize(steps)
-                finally:
-                    halt.set()
-                    _drain(hidden, worker)
-                if failure:
-                    raise failure[0]
+        def produce() -> None:
+            try:
+                noise = lambda: sample_noise(rng, dim, settings.temperature, settings.noise_clamp)  # noqa: E731
+                halted = lambda: halt.is_set() or stop.is_set()  # noqa: E731
+                frames = self._rt.frames(voice.snapshot, text, settings, noise, should_stop=halted, text_heads=heads)
+                for frame in frames:
+                    hidden.put((mimi.transform(frame.latent[None, :]), frame.text_scores))
+            except BaseException as e:  # handed to the consumer, raised there
+                failure.append(e)
+            finally:
+                hidden.put(None)
+
+        worker = threading.Thread(target=produce, name="pocket-flow-lm", daemon=True)
+        mimi.reset()
+        worker.start()
+        try:
+            while (item := hidden.get()) is not None and not stop.is_set():
+                steps, text_scores = item
+                yield mimi.synthesize(steps), text_scores
+        finally:
+            halt.set()
+            _drain(hidden, worker)
+        if failure:
+            raise failure[0]
 
     def _exclusive(self):
         model = self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -75,6 +76,13 @@ def _write_audio(path: Path, audio: np.ndarray, rate: int) -> None:
     show_default=True,
     help="ggml threads of the Mimi decoder (at most half the CPUs)",
 )
+@click.option(
+    "--timestamps",
+    "timestamps_file",
+    type=click.Path(dir_okay=False),
+    help="write word timestamps to a .srt, .vtt or .json file; with --stream, also each word event as a "
+    "JSON line on stderr",
+)
 @click.option("--list-voices", is_flag=True, help="list the voices stored in the model and exit")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
 def main(
@@ -93,6 +101,7 @@ def main(
     seed,
     threads,
     mimi_threads,
+    timestamps_file,
     list_voices,
     quiet,
 ) -> None:
@@ -101,6 +110,7 @@ def main(
     \b
       pocket-speak --text "Hello world." -o hello.wav
       pocket-speak --text "Ready? [pause:1.5] Go!" -o go.wav
+      pocket-speak --text "Hello world." -o hello.wav --timestamps hello.srt
       llm-chat | pocket-speak --stream --voice me.wav | aplay -f S16_LE -r 24000
     """
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
@@ -121,6 +131,7 @@ def main(
             seed,
             threads,
             mimi_threads,
+            timestamps_file,
             list_voices,
             quiet,
         )
@@ -148,15 +159,19 @@ def _run(
     seed,
     threads,
     mimi_threads,
+    timestamps_file,
     list_voices,
     quiet,
 ) -> None:
+    from pocket_ggml import subtitles
     from pocket_ggml.api import TTSModel
 
     if not list_voices and not output and not stream:
         raise click.UsageError("give -o FILE or --stream")
     if output and Path(output).suffix.lower() not in _FORMATS:
         raise click.UsageError(f"-o must end in {', '.join(_FORMATS)}")
+    if timestamps_file:
+        subtitles.check_destination(Path(timestamps_file))
     tts = TTSModel.load_model(
         model,
         threads=threads,
@@ -179,34 +194,102 @@ def _run(
             raise PocketError("this model stores no voice: give --voice (an audio file to clone)")
         voice = tts.voice_names[0]
     state = tts.get_state_for_audio_prompt(voice)
+    words = _Words(tts.sample_rate, stream) if timestamps_file else None
 
     if stream and text is None:  # speak each line of stdin as it arrives
         out = sys.stdout.buffer
         for line in sys.stdin:
             if line.strip():
-                for chunk in tts.generate_audio_stream(state, line, markup=markup):
-                    out.write(_pcm16(chunk))
-                    out.flush()
+                for item in tts.generate_audio_stream(state, line, markup=markup, timestamps=words is not None):
+                    if isinstance(item, np.ndarray):
+                        out.write(_pcm16(item))
+                        out.flush()
+                    if words is not None:
+                        words.add(item)
+                if words is not None:
+                    words.next_text(line, markup)
+        if words is not None:
+            words.write(Path(timestamps_file))
         return
     if text is None:
         text = sys.stdin.read()
     chunks = []
     stop = threading.Event()
     frames = samples = 0
-    for chunk in tts.generate_audio_stream(state, text, stop=stop, markup=markup):
+    # Progress lines would break the JSON lines of word events on stderr.
+    progress = not quiet and not (stream and words is not None)
+    for item in tts.generate_audio_stream(state, text, stop=stop, markup=markup, timestamps=words is not None):
+        if words is not None:
+            words.add(item)
+        if not isinstance(item, np.ndarray):
+            continue
         frames += 1
-        samples += chunk.size
+        samples += item.size
         if stream:
-            sys.stdout.buffer.write(_pcm16(chunk))
+            sys.stdout.buffer.write(_pcm16(item))
             sys.stdout.buffer.flush()
         if output:
-            chunks.append(chunk)
-        if not quiet and frames % 25 == 0:
+            chunks.append(item)
+        if progress and frames % 25 == 0:
             click.echo(f"\rpocket-speak: {samples / tts.sample_rate:.1f} s of audio", err=True, nl=False)
-    if not quiet and frames >= 25:
+    if progress and frames >= 25:
         click.echo("", err=True)
     if output:
         _write_audio(Path(output), np.concatenate(chunks) if chunks else np.zeros(0, np.float32), tts.sample_rate)
+    if words is not None:
+        words.next_text(text, markup)
+        words.write(Path(timestamps_file))
+
+
+class _Words:
+    """Word timestamps of one run, over every text it speaks (stdin lines one after the other: times
+    and word indices go on from the previous line's), echoed to stderr as JSON lines when streaming."""
+
+    def __init__(self, sample_rate: int, echo: bool):
+        self.sample_rate = sample_rate
+        self.echo = echo
+        self.text = ""  # the texts spoken so far, one per line
+        self.samples = 0  # of the texts before the current one
+        self.current = 0  # samples of the current text
+        self.first_index = 0  # word index of the current text's first word
+        self.words: list = []
+
+    def add(self, item) -> None:
+        from pocket_ggml.api import WordEnd, WordTimestamp
+
+        if isinstance(item, np.ndarray):
+            self.current += len(item)
+            return
+        start, index = self._later(item.start_time), item.word_index + self.first_index
+        if isinstance(item, WordEnd):
+            end = self._later(item.end_time)
+            self.words.append(WordTimestamp(item.word, index, start, end))
+            event = {"event": "word_end", "word": item.word, "word_index": index, "start_time": start, "end_time": end}
+        else:
+            event = {"event": "word_start", "word": item.word, "word_index": index, "start_time": start}
+        if self.echo:
+            sys.stderr.write(json.dumps(event, ensure_ascii=False) + "\n")
+            sys.stderr.flush()
+
+    def _later(self, seconds: float) -> float:
+        """A time of the current text on the clock of the whole run (event times count samples)."""
+        return (self.samples + round(seconds * self.sample_rate)) / self.sample_rate
+
+    def next_text(self, text: str, markup: bool) -> None:
+        from pocket_ggml.runtime.markup import parse_markup, spoken_text
+        from pocket_ggml.runtime.timestamps import source_words
+
+        if markup:  # word indices count the words spoken, not the markers'
+            text = spoken_text(parse_markup(text))
+        self.first_index += len(source_words(text))
+        self.text += text.rstrip("\n") + "\n"
+        self.samples += self.current
+        self.current = 0
+
+    def write(self, path: Path) -> None:
+        from pocket_ggml import subtitles
+
+        subtitles.write(path, self.text, self.words, self.samples / self.sample_rate)
 
 
 if __name__ == "__main__":

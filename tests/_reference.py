@@ -44,6 +44,17 @@ def require_reference():
     return torch
 
 
+def require_timestamped_reference():
+    """Import pocket-tts-timestamped 1.4.0 (the word-timestamps fork), failing in CI when absent."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import pocket_tts_timestamped  # noqa: F401
+        import torch
+    except ImportError as e:
+        _missing(f"the timestamps reference (torch==2.13.0, pocket-tts-timestamped==1.4.0): {e}")
+    return torch
+
+
 @functools.lru_cache(maxsize=8)
 def reference_model(config: str, seed: int = 1234):
     """A pocket-tts TTSModel of a released config with seeded random, non-degenerate weights

@@ -17,7 +17,7 @@ reference's `_build_attention_mask`): key position p is visible from query posit
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ggml
 import numpy as np
@@ -73,6 +73,19 @@ class AttentionInputs:
     mask: Tensor
     n_rows: int
     n_keys: int
+
+
+@dataclass
+class ScoreTap:
+    """Attention scores a graph also outputs: q.k (before the 1/sqrt(head_dim) scale, the mask and
+    the softmax) of single-row calls for `heads_by_layer`, over the cache slots `keys` (start, stop).
+    Word timestamps read them for the text rows; the softmax is the reader's, over those slots only
+    (pocket-tts-timestamped normalises over the text alone, not over the whole cache). Building fills
+    `scores[(layer, head)]` with (keys,) views; no other part of the attention is copied out."""
+
+    heads_by_layer: dict[int, tuple[int, ...]]
+    keys: tuple[int, int]
+    scores: dict[tuple[int, int], Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -196,8 +209,11 @@ def streaming_attention(
     shape: AttentionShape,
     inputs: AttentionInputs,
     cache: LayerKV | None,
+    tap: ScoreTap | None = None,
+    layer: int = 0,
 ) -> Tensor:
-    """Self-attention of x (T, d_model) -> (T, d_model); `prefix` is the reference module path."""
+    """Self-attention of x (T, d_model) -> (T, d_model); `prefix` is the reference module path.
+    With `tap`, the scores of its heads of `layer` are added to it (see `ScoreTap`)."""
     ctx, s = g.ctx, shape
     d, kv_dim, attn_dim = s.head_dim, s.kv_dim, s.attn_dim
     n = inputs.n_rows
@@ -243,9 +259,27 @@ def streaming_attention(
     # LLAMAFILE's sgemm only takes a contiguous second operand.
     q_heads = ggml.ggml_cont(ctx, ggml.ggml_permute(ctx, q, 0, 2, 1, 3))
     scores = ggml.ggml_mul_mat(ctx, ggml.ggml_permute(ctx, keys, 0, 2, 1, 3), q_heads)
+    if tap is not None:
+        _tap_scores(ctx, scores, tap, layer, n, s.num_heads)
     probs = ggml.ggml_soft_max_ext(ctx, scores, inputs.mask, 1.0 / math.sqrt(d), 0.0)  # (H, T, keys)
     out = ggml.ggml_cont(ctx, ggml.ggml_permute(ctx, ggml.ggml_mul_mat(ctx, values_t, probs), 0, 2, 1, 3))
     return ggml.ggml_mul_mat(ctx, w_out, ggml.ggml_reshape_2d(ctx, out, attn_dim, n))
+
+
+def _tap_scores(ctx: int, scores: Tensor, tap: ScoreTap, layer: int, n_rows: int, n_heads: int) -> None:
+    """Views of scores (n_keys, T, H) for the tapped heads of `layer` over the tapped slots."""
+    heads = tap.heads_by_layer.get(layer, ())
+    if not heads:
+        return
+    start, stop = tap.keys
+    n_keys = tensor_ne(scores)[0]
+    if n_rows != 1 or not 0 <= start < stop <= n_keys or not all(0 <= h < n_heads for h in heads):
+        raise ValueError(
+            f"cannot tap heads {heads} of {n_heads} over slots {start}:{stop} of {n_keys} in a {n_rows}-row call"
+        )
+    el, _, head_stride = tensor_nb(scores)[:3]
+    for h in heads:
+        tap.scores[(layer, h)] = ggml.ggml_view_1d(ctx, scores, stop - start, h * head_stride + start * el)
 
 
 def _valid_heads(ctx: int, cache: Tensor, head_dim: int, n_heads: int, n_keys: int) -> Tensor:

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 import ggml
 import numpy as np
 
-from pocket_ggml.ggml_graphs.attention import AttentionInputs, LayerKV
+from pocket_ggml.ggml_graphs.attention import AttentionInputs, LayerKV, ScoreTap
 from pocket_ggml.ggml_graphs.mlp import simple_mlp_adaln
 from pocket_ggml.ggml_graphs.nn import Weights, expect_shape, layer_norm, linear, rows, weight, width
 from pocket_ggml.ggml_graphs.transformer import NORM_EPS, TransformerShape, streaming_transformer
 from pocket_ggml.quantize.config import FlowLMConfig
-from pocket_ggml.runtime.ggml_backend import GGML_TYPE_I32, Graph, Tensor, ggml_type_of, tensor_nb
+from pocket_ggml.runtime.ggml_backend import GGML_TYPE_I32, Graph, Tensor, ggml_type_of, tensor_nb, tensor_ne
 
 PREFIX = "flow_lm"
 
@@ -69,17 +69,19 @@ def flow_lm_backbone(
     caches: Sequence[LayerKV] | None,
     n_out: int = 1,
     stages: dict[str, Tensor] | None = None,
+    tap: ScoreTap | None = None,
 ) -> Tensor:
     """FlowLMModel.backbone on the sequence x (T, d_model): transformer, then out_norm and z_proj of
     the last `n_out` rows -> (n_out, cond_dim), what the EOS and flow heads read. With `stages`,
     the intermediates are added to it: `layerNN` (all rows), `transformer_out`, `hidden` (after
-    out_norm) and `z` (after z_proj), the last three over the last `n_out` rows."""
+    out_norm) and `z` (after z_proj), the last three over the last `n_out` rows. `tap`: attention
+    scores to output as well (`ScoreTap`)."""
     ctx, d = g.ctx, cfg.d_model
     if not 1 <= n_out <= inputs.n_rows:
         raise ValueError(f"cannot output {n_out} of {inputs.n_rows} rows")
     shape = TransformerShape.for_flow_lm(cfg)
     layer_outputs: list[Tensor] | None = [] if stages is not None else None
-    h = streaming_transformer(g, w, f"{PREFIX}.transformer", x, shape, inputs, caches, layer_outputs)
+    h = streaming_transformer(g, w, f"{PREFIX}.transformer", x, shape, inputs, caches, layer_outputs, tap=tap)
     h = last_rows(g, h, n_out)
     norm_w = weight(w, f"{PREFIX}.out_norm.weight", (d,))
     hidden = layer_norm(ctx, h, NORM_EPS, norm_w, weight(w, f"{PREFIX}.out_norm.bias", (d,)))
@@ -163,13 +165,15 @@ def flow_lm_step(
     decode_steps: int = 1,
     stages: dict[str, Tensor] | None = None,
     n_out: int = 1,
+    tap: ScoreTap | None = None,
 ) -> dict[str, Tensor]:
     """FlowLMModel.forward for one call: [cond_rows | input_linear(latent_rows)] through the
     backbone; from the last row, `h` (1, cond_dim), `eos_logit` (1, 1) and the sampled `latent`.
 
     cond_rows are (N, d_model) text or voice rows; latent_rows (M, latent_dim) have BOS filled in.
     With `stages`, the backbone's intermediates (see `flow_lm_backbone`, over the last `n_out`
-    rows) are added to the outputs.
+    rows) are added to the outputs. With `tap` (a single-row call), its attention scores are too, as
+    `text_scores` (heads, keys), the heads in the order of `tap.heads_by_layer`.
     """
     parts = [] if cond_rows is None else [cond_rows]
     if latent_rows is not None:
@@ -178,7 +182,7 @@ def flow_lm_step(
         raise ValueError("a FlowLM call needs conditioning rows or latent rows")
     x = parts[0] if len(parts) == 1 else ggml.ggml_concat(g.ctx, parts[0], parts[1], 1)
     expect_shape(noise, (1, width(noise)), "sampler noise")
-    h = flow_lm_backbone(g, w, cfg, x, inputs, caches, n_out, stages)
+    h = flow_lm_backbone(g, w, cfg, x, inputs, caches, n_out, stages, tap)
     if n_out > 1:
         h = last_rows(g, h, 1)
     out = {
@@ -188,4 +192,11 @@ def flow_lm_step(
     }
     if stages is not None:
         out.update(stages)
+    if tap is not None and tap.scores:
+        # One (keys, heads) output, in the order the tap lists its heads: one read per step, not one per head.
+        views = [tap.scores[(layer, head)] for layer, heads in tap.heads_by_layer.items() for head in heads]
+        scores = ggml.ggml_reshape_2d(g.ctx, views[0], tensor_ne(views[0])[0], 1)
+        for view in views[1:]:
+            scores = ggml.ggml_concat(g.ctx, scores, ggml.ggml_reshape_2d(g.ctx, view, tensor_ne(view)[0], 1), 1)
+        out["text_scores"] = scores
     return out

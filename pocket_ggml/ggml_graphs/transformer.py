@@ -15,6 +15,7 @@ from pocket_ggml.ggml_graphs.attention import (
     AttentionInputs,
     AttentionShape,
     LayerKV,
+    ScoreTap,
     streaming_attention,
 )
 from pocket_ggml.ggml_graphs.nn import (
@@ -81,9 +82,12 @@ def transformer_layer(
     shape: TransformerShape,
     inputs: AttentionInputs,
     cache: LayerKV | None,
+    tap: ScoreTap | None = None,
+    layer: int = 0,
 ) -> Tensor:
     """StreamingTransformerLayer (pre-norm):
-    x += ls1 * attn(norm1(x)); x += ls2 * linear2(gelu_tanh(linear1(norm2(x))))."""
+    x += ls1 * attn(norm1(x)); x += ls2 * linear2(gelu_tanh(linear1(norm2(x)))).
+    `tap`/`layer`: attention scores to output (`ScoreTap`), this being layer number `layer`."""
     ctx, d, ff = g.ctx, shape.d_model, shape.dim_feedforward
     n1w, n1b, n2w, n2b = (
         weight(w, f"{prefix}.{n}", (d,)) for n in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias")
@@ -96,7 +100,7 @@ def transformer_layer(
         ls2 = weight(w, f"{prefix}.layer_scale_2.scale", (d,))
 
     h = layer_norm(ctx, x, NORM_EPS, n1w, n1b)
-    update = streaming_attention(g, w, f"{prefix}.self_attn", h, shape.attention, inputs, cache)
+    update = streaming_attention(g, w, f"{prefix}.self_attn", h, shape.attention, inputs, cache, tap, layer)
     x = ggml.ggml_add(ctx, x, update if ls1 is None else ggml.ggml_mul(ctx, update, ls1))
     update = linear(ctx, gelu_tanh(ctx, linear(ctx, layer_norm(ctx, x, NORM_EPS, n2w, n2b), w1)), w2)
     return ggml.ggml_add(ctx, x, update if ls2 is None else ggml.ggml_mul(ctx, update, ls2))
@@ -112,10 +116,12 @@ def streaming_transformer(
     caches: Sequence[LayerKV] | None,
     layer_outputs: list[Tensor] | None = None,
     layers: range | None = None,
+    tap: ScoreTap | None = None,
 ) -> Tensor:
     """StreamingTransformer over x (T, d_model); `caches` holds one LayerKV per layer, or None.
     Each layer's output is appended to `layer_outputs` when given (for per-layer parity). `layers`:
-    the consecutive layers to run (default all), e.g. one part of a transformer split across graphs."""
+    the consecutive layers to run (default all), e.g. one part of a transformer split across graphs.
+    `tap`: attention scores to output as well (`ScoreTap`)."""
     expect_shape(x, (inputs.n_rows, shape.d_model), f"{prefix} input")
     if caches is not None and len(caches) != shape.num_layers:
         raise ValueError(f"{prefix}: {len(caches)} caches for {shape.num_layers} layers")
@@ -124,7 +130,7 @@ def streaming_transformer(
         raise ValueError(f"{prefix}: layers {layers} of {shape.num_layers}")
     for l in layers:
         cache = None if caches is None else caches[l]
-        x = transformer_layer(g, w, f"{prefix}.layers.{l}", x, shape, inputs, cache)
+        x = transformer_layer(g, w, f"{prefix}.layers.{l}", x, shape, inputs, cache, tap, l)
         if layer_outputs is not None:
             layer_outputs.append(x)
     return x

@@ -9,11 +9,12 @@ fresh copy of it (`restore()`), as the reference does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from pocket_ggml.errors import PocketError
-from pocket_ggml.ggml_graphs.attention import KVCache, attention_arrays, attention_inputs
+from pocket_ggml.ggml_graphs.attention import KVCache, ScoreTap, attention_arrays, attention_inputs
 from pocket_ggml.ggml_graphs.flow_lm import (
     flow_lm_step,
     flow_lm_text_embeddings,
@@ -52,10 +53,35 @@ class FlowLMSnapshot:
 
 
 @dataclass(frozen=True)
+class TextAttention:
+    """What a step also returns for word timestamps: the attention scores (q.k, before the scale and
+    the softmax) of `heads`, (layer, head) pairs, over the cache rows `rows` (start, stop) of the text."""
+
+    heads: tuple[tuple[int, int], ...]
+    rows: tuple[int, int]
+
+    def _by_layer(self) -> dict[int, tuple[int, ...]]:
+        by_layer: dict[int, tuple[int, ...]] = {}
+        for layer, head in self.heads:
+            by_layer[layer] = (*by_layer.get(layer, ()), head)
+        return by_layer
+
+    def tap(self) -> ScoreTap:
+        return ScoreTap(self._by_layer(), self.rows)
+
+    @cached_property
+    def tap_order(self) -> list[int]:
+        """Row of the tap's output holding each of `heads` (read every step: computed once)."""
+        tapped = [(layer, head) for layer, heads in self._by_layer().items() for head in heads]
+        return [tapped.index(pair) for pair in self.heads]
+
+
+@dataclass(frozen=True)
 class FlowLMOutput:
     latent: np.ndarray  # (latent_dim,): the sampled next latent (normalised, as Mimi's input)
     eos_logit: float
     stages: dict[str, np.ndarray]  # intermediates, when asked for (parity tests)
+    text_scores: np.ndarray | None = None  # (heads, text rows), in `TextAttention.heads` order, when asked for
 
 
 class FlowLM:
@@ -159,16 +185,33 @@ class FlowLM:
             raise GenerationError("text tokens must be a non-empty 1-D array of ids within the vocabulary")
         return self._call(("text", tokens), None, tokens.size, noise, stages)
 
-    def step(self, latent: np.ndarray | None, noise: np.ndarray | None = None, stages: bool = False) -> FlowLMOutput:
-        """One latent row (None: the BOS row) -> the next latent and the EOS logit."""
+    def step(
+        self,
+        latent: np.ndarray | None,
+        noise: np.ndarray | None = None,
+        stages: bool = False,
+        attention: TextAttention | None = None,
+    ) -> FlowLMOutput:
+        """One latent row (None: the BOS row) -> the next latent and the EOS logit; with `attention`,
+        also those heads' scores over those rows (`FlowLMOutput.text_scores`)."""
         row = np.full((1, self.latent_dim), np.nan, np.float32) if latent is None else latent.reshape(1, -1)
-        return self._call(None, replace_nan_with_bos(row, self.bos_emb), 1, noise, stages)
+        return self._call(None, replace_nan_with_bos(row, self.bos_emb), 1, noise, stages, attention)
 
-    def _call(self, cond, latent_rows, n_rows: int, noise, stages: bool) -> FlowLMOutput:
+    def _call(self, cond, latent_rows, n_rows: int, noise, stages: bool, attention=None) -> FlowLMOutput:
         if self._state is None or self.kv.max_rows() < n_rows:
             raise GenerationError(
                 f"the FlowLM cache holds {self.kv.capacity} rows; {self.offset} used, {n_rows} more asked"
             )
+        if attention is not None:
+            start, stop = attention.rows
+            layers, heads = self.shape.num_layers, self.shape.attention.num_heads
+            if not 0 <= start < stop <= self.offset or not all(
+                0 <= layer < layers and 0 <= head < heads for layer, head in attention.heads
+            ):
+                raise GenerationError(
+                    f"attention of heads {attention.heads} over rows {start}:{stop}: this model has {layers} "
+                    f"layers of {heads} heads and {self.offset} rows in its cache"
+                )
         noise = np.zeros((1, self.latent_dim), np.float32) if noise is None else noise.reshape(1, self.latent_dim)
         # Attention reads the cache rounded up to STEP_KEYS rows (the rows past the offset are
         # masked): a plain step keeps its graph for STEP_KEYS consecutive steps, and every call's key
@@ -205,6 +248,7 @@ class FlowLM:
                 self.decode_steps,
                 {} if stages else None,
                 n_out,
+                None if attention is None else attention.tap(),
             )
             if stages and cond_rows is not None:
                 out["cond"] = cond_rows
@@ -214,11 +258,14 @@ class FlowLM:
         if keep:
             arrays |= {"latents": latent_rows, **attention_arrays(plan, "attn")}
         with self.backend.threads(self.backend.n_threads if cond is None else self.prompt_threads):
-            out = self.runner.run(build, arrays, key=("step", plan.n_keys) if keep else None)
+            out = self.runner.run(build, arrays, key=("step", plan.n_keys, attention) if keep else None)
         self.kv.advance(n_rows)
         latent = out.pop("latent").reshape(self.latent_dim)
         eos = float(out.pop("eos_logit").reshape(()))
-        return FlowLMOutput(latent, eos, out if stages else {})
+        scores = None
+        if attention is not None:  # the tap's order (by layer) back to the order of `attention.heads`
+            scores = out.pop("text_scores")[attention.tap_order]
+        return FlowLMOutput(latent, eos, out if stages else {}, scores)
 
 
 def sample_noise(rng: np.random.Generator, dim: int, temp: float, clamp: float | None) -> np.ndarray:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pocket_ggml.runtime.flow_lm import FlowLM, FlowLMSnapshot, GenerationError
+from pocket_ggml.runtime.flow_lm import FlowLM, FlowLMSnapshot, GenerationError, TextAttention
 
 MIN_FRAMES_BEFORE_EOS = 6  # before speech starts, some voices' EOS logit crosses the threshold
 TOKENS_PER_SECOND_ESTIMATE = 3.0
@@ -38,6 +38,7 @@ class Frame:
     latent: np.ndarray  # (latent_dim,), normalised
     eos_logit: float
     eos_frame: int | None  # the frame at which EOS fired, once it has
+    text_scores: np.ndarray | None = None  # (heads, tokens): attention scores over the text, when asked for
 
 
 def generate_latents(
@@ -50,23 +51,27 @@ def generate_latents(
     frames_after_eos: int,
     max_frames: int,
     should_stop: Callable[[], bool] = lambda: False,
+    text_heads: tuple[tuple[int, int], ...] = (),
 ) -> Iterator[Frame]:
-    """Latent frames for one chunk of text, starting from a copy of the voice state."""
+    """Latent frames for one chunk of text, starting from a copy of the voice state. With
+    `text_heads` ((layer, head) pairs), each frame carries their attention scores over the text."""
     if max_frames < 0 or frames_after_eos < 0:
         raise GenerationError("max_frames and frames_after_eos must be >= 0")
     if math.isnan(eos_threshold):
         raise GenerationError("the EOS threshold is NaN")
     flow_lm.restore(voice, extra_rows=len(tokens) + max_frames)
+    text_start = flow_lm.offset
     flow_lm.text_prompt(tokens)
+    attention = TextAttention(text_heads, (text_start, flow_lm.offset)) if text_heads else None
     latent: np.ndarray | None = None  # None: the BOS row
     eos_frame: int | None = None
     for step in range(max_frames):
         if should_stop():
             return
-        out = flow_lm.step(latent, noise())
+        out = flow_lm.step(latent, noise(), attention=attention)
         if out.eos_logit > eos_threshold and eos_frame is None and step >= MIN_FRAMES_BEFORE_EOS:
             eos_frame = step
         if eos_frame is not None and step >= eos_frame + frames_after_eos:
             return
-        yield Frame(step, out.latent, out.eos_logit, eos_frame)
+        yield Frame(step, out.latent, out.eos_logit, eos_frame, out.text_scores)
         latent = out.latent

@@ -72,6 +72,11 @@ class Pause:
 Segment = str | Pause
 
 
+def spoken_text(segments: list[Segment]) -> str:
+    """The words of `segments` as spoken: the text pieces joined by a space (a marker separates words, no more)."""
+    return " ".join(segment for segment in segments if not isinstance(segment, Pause))
+
+
 def parse_markup(text: str) -> list[Segment]:
     """The text pieces (stripped, never empty) and pauses of `text`, in order; see the module's rules."""
     segments: list[Segment] = []

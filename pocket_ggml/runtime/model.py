@@ -7,6 +7,7 @@ Weights are mapped once and shared; the FlowLM and the Mimi decoder each have th
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from pocket_ggml.runtime.ggml_backend import GGML_TYPE_F16, GGML_TYPE_F32, CpuBa
 from pocket_ggml.runtime.mimi import MimiDecoder, MimiEncoder
 from pocket_ggml.runtime.model_file import ModelFile
 from pocket_ggml.runtime.text import Tokenizer, prepare_text_prompt
+from pocket_ggml.runtime.timestamps import TimestampChunk, timestamp_chunks
 from pocket_ggml.voices.audio import prepare_voice_prompt
 
 _MATMUL_ROLES = {  # matrices read only by mul_mat (not the text table: get_rows)
@@ -136,11 +138,19 @@ class PocketRuntime:
         self.flow_lm.voice_prompt(latents)
         return self.flow_lm.snapshot()
 
-    def tokens(self, text: str) -> tuple[np.ndarray, int]:
+    def tokens(self, text: str, nfkc: bool = False) -> tuple[np.ndarray, int]:
         """Token ids of one chunk of text after the model's text rules, and the words-based
-        frames-after-EOS guess."""
+        frames-after-EOS guess. `nfkc`: of the NFKC form of the prepared text, which is what
+        pocket-tts-timestamped generates from (and maps words onto) when it times words."""
         prepared = prepare_text_prompt(text, self.config.text)
-        return np.asarray(self.tokenizer.encode(prepared.text), dtype=np.int32), prepared.frames_after_eos_guess
+        text = unicodedata.normalize("NFKC", prepared.text) if nfkc else prepared.text
+        return np.asarray(self.tokenizer.encode(text), dtype=np.int32), prepared.frames_after_eos_guess
+
+    def timestamp_chunks(self, source: str, chunks: list[str]) -> list[TimestampChunk]:
+        """The word units of each chunk of `source` (the text as the caller gave it), as prepared
+        for generation, and the share of each of its tokens in them."""
+        prepared = [prepare_text_prompt(chunk, self.config.text).text for chunk in chunks]
+        return timestamp_chunks(source, prepared, lambda text: self.tokenizer.pieces(text)[1:])
 
     def frames(
         self,
@@ -149,8 +159,11 @@ class PocketRuntime:
         settings: GenerationSettings,
         noise: NoiseSource,
         should_stop: Callable[[], bool] = lambda: False,
+        text_heads: tuple[tuple[int, int], ...] = (),
     ) -> Iterator[Frame]:
-        tokens, guess = self.tokens(text)
+        """Latent frames of one chunk of text; with `text_heads`, each with those heads' attention
+        scores over the chunk's tokens (word timestamps)."""
+        tokens, guess = self.tokens(text, nfkc=bool(text_heads))
         max_frames = settings.max_frames
         if max_frames is None:
             max_frames = estimate_max_frames(len(tokens), self.config.mimi.frame_rate)
@@ -163,6 +176,7 @@ class PocketRuntime:
             frames_after_eos=frames_after_eos_for(guess, settings.frames_after_eos),
             max_frames=max_frames,
             should_stop=should_stop,
+            text_heads=text_heads,
         )
 
     def synthesize(

@@ -42,6 +42,7 @@ class Tokenizer:
                 raise TokenizerError("the embedded tokenizer.json is unreadable") from None
             self._encode = lambda text: tok.encode(text).ids
             self._decode = tok.decode
+            self._pieces = lambda text: _json_pieces(tok, text)
             self.vocab_size = tok.get_vocab_size()
             return
         if kind != "sentencepiece":
@@ -54,6 +55,7 @@ class Tokenizer:
             raise TokenizerError("the embedded tokenizer is not a SentencePiece model") from None
         self._encode = lambda text: sp.encode(text, out_type=int)
         self._decode = sp.decode
+        self._pieces = lambda text: _sentencepiece_pieces(sp, text)
         self.vocab_size = sp.vocab_size()
 
     def encode(self, text: str) -> list[int]:
@@ -61,6 +63,53 @@ class Tokenizer:
 
     def decode(self, tokens: list[int]) -> str:
         return self._decode(tokens)
+
+    def pieces(self, text: str) -> tuple[list[int], list[tuple[int, int]], str]:
+        """(ids, each token's span of `text`, the spans' unit: "byte" or "codepoint"), the ids being
+        `encode(text)`. Byte-fallback tokens of one character all get that character's span."""
+        return self._pieces(text)
+
+
+def _sentencepiece_pieces(sp, text: str) -> tuple[list[int], list[tuple[int, int]], str]:
+    enc = sp.encode(text, return_type="offset_mapping", return_bytes=True)
+    pieces = [p.decode("utf-8", "replace") if isinstance(p, bytes) else str(p) for p in enc["pieces"]]
+    spans = [(int(b), int(e)) for b, e in enc["offsets"]]
+    return [int(i) for i in enc["ids"]], _byte_fallback_spans(spans, pieces), "byte"
+
+
+def _json_pieces(tok, text: str) -> tuple[list[int], list[tuple[int, int]], str]:
+    enc = tok.encode(text)
+    spans = [(int(b), int(e)) for b, e in enc.offsets]
+    return list(enc.ids), _byte_fallback_spans(spans, [str(p) for p in enc.tokens]), "codepoint"
+
+
+def _byte_value(piece: str) -> int | None:
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        try:
+            return int(piece[3:5], 16)
+        except ValueError:
+            return None
+    return None
+
+
+def _byte_fallback_spans(spans: list[tuple[int, int]], pieces: list[str]) -> list[tuple[int, int]]:
+    """The bytes of one UTF-8 character, each its own <0xNN> piece, all share the character's span."""
+    out, i = list(spans), 0
+    while i < len(pieces):
+        first = _byte_value(pieces[i])
+        if first is None:
+            i += 1
+            continue
+        length = 2 if 0xC2 <= first <= 0xDF else 3 if 0xE0 <= first <= 0xEF else 4 if 0xF0 <= first <= 0xF4 else 1
+        values = [_byte_value(p) for p in pieces[i : i + length]]
+        valid = len(values) == length and all(v is not None for v in values)
+        valid = valid and all(v is not None and 0x80 <= v <= 0xBF for v in values[1:])
+        end = i + length if valid else i + 1
+        begin_offset, end_offset = min(b for b, _ in spans[i:end]), max(e for _, e in spans[i:end])
+        if end_offset > begin_offset:
+            out[i:end] = [(begin_offset, end_offset)] * (end - i)
+        i = end
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,86 @@
+"""Word timestamps as files: SubRip (.srt), WebVTT (.vtt) or JSON, chosen by the extension.
+
+Subtitle cues group words as they were written: a cue shows the text from its first word to the
+next cue's first word (punctuation included) and ends after a sentence end or MAX_CUE_WORDS words;
+it lasts from its first word's start to its last word's end. JSON keeps every word with its times.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from pocket_ggml.api import WordTimestamp
+from pocket_ggml.errors import OutputError
+from pocket_ggml.runtime.timestamps import source_words
+
+FORMATS = (".srt", ".vtt", ".json")
+MAX_CUE_WORDS = 7
+_SENTENCE_END = ".!?\u2026"
+
+
+def _clock(seconds: float, decimal: str) -> str:
+    ms = max(0, round(seconds * 1000))
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{decimal}{ms % 1000:03d}"
+
+
+def cues(text: str, words: Sequence[WordTimestamp]) -> list[tuple[float, float, str]]:
+    """(start, end, text) subtitle cues of `words`, timed words of `text` (indices into its words)."""
+    spans = source_words(text)
+    out: list[tuple[float, float, str]] = []
+    group: list[WordTimestamp] = []
+
+    def shown(w: WordTimestamp) -> str:
+        if w.word_index >= len(spans):
+            return w.word
+        begin = spans[w.word_index].begin
+        end = spans[w.word_index + 1].begin if w.word_index + 1 < len(spans) else len(text)
+        return " ".join(text[begin:end].split())
+
+    for w in words:
+        group.append(w)
+        if shown(w)[-1:] in _SENTENCE_END or len(group) == MAX_CUE_WORDS or w is words[-1]:
+            out.append((group[0].start_time, group[-1].end_time, " ".join(shown(g) for g in group)))
+            group = []
+    return out
+
+
+def render(path: Path, text: str, words: Sequence[WordTimestamp], duration: float) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        items = [
+            {"word": w.word, "word_index": w.word_index, "start_time": w.start_time, "end_time": w.end_time}
+            for w in words
+        ]
+        return json.dumps({"duration": duration, "words": items}, ensure_ascii=False, indent=1) + "\n"
+    blocks = []
+    for k, (start, end, line) in enumerate(cues(text, words), 1):
+        if suffix == ".srt":
+            blocks.append(f"{k}\n{_clock(start, ',')} --> {_clock(end, ',')}\n{line}\n")
+        else:
+            blocks.append(f"{_clock(start, '.')} --> {_clock(end, '.')}\n{line}\n")
+    body = "\n".join(blocks)
+    return body if suffix == ".srt" else "WEBVTT\n\n" + body
+
+
+def check_destination(path: Path) -> None:
+    if path.suffix.lower() not in FORMATS:
+        raise OutputError(f"timestamps are written as {', '.join(FORMATS)} (by extension), not {path.name!r}")
+    if not path.parent.is_dir():
+        raise OutputError(f"folder {str(path.parent)!r} does not exist")
+
+
+def write(path: Path, text: str, words: Sequence[WordTimestamp], duration: float) -> None:
+    """Atomically: an interrupted write leaves any previous file intact."""
+    from pocket_ggml.quantize.convert import atomic_output
+
+    check_destination(path)
+    tmp = atomic_output(path)
+    try:
+        tmp.write_text(render(path, text, words, duration), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
