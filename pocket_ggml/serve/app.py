@@ -244,9 +244,11 @@ def create_app(
     queue_timeout: float = 30.0,
     max_input_chars: int = 4096,
     max_upload_bytes: int = MAX_CLIP_BYTES,
+    seed: int | None = None,
 ) -> FastAPI:
     """The ASGI app over a loaded `pool` and its `registry`. `request_timeout` bounds a request's whole
-    life (queue wait + generation; a stream over it is cut off), `queue_timeout` the wait for an instance."""
+    life (queue wait + generation; a stream over it is cut off), `queue_timeout` the wait for an instance;
+    `seed` is that of requests that give none (None: a fresh one each time)."""
     metrics = Metrics(pool)
     app = FastAPI(title="pocket-serve", description="Pocket TTS on GGML: OpenAI-compatible speech", version="1")
     app.state.pool, app.state.registry, app.state.metrics = pool, registry, metrics
@@ -338,7 +340,7 @@ def create_app(
         voice = body.voice.id if isinstance(body.voice, VoiceRef) else body.voice
         record.chars, record.format = len(text), fmt
         state, record.voice = await _voice_state(registry, voice, "voice")
-        chunks = await speaker.start(record, state, text, body.seed, fmt)
+        chunks = await speaker.start(record, state, text, seed if body.seed is None else body.seed, fmt)
         if body.stream_format == "sse":
             return StreamingResponse(
                 _sse(chunks, record), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
@@ -372,7 +374,7 @@ def create_app(
                     code="unsupported_value",
                 )
             state, record.voice = await _voice_state(registry, voice_url, "voice_url")
-        chunks = await speaker.start(record, state, text, None, "wav")
+        chunks = await speaker.start(record, state, text, seed, "wav")
         return StreamingResponse(
             chunks, media_type="audio/wav", headers={"Content-Disposition": "attachment; filename=generated_speech.wav"}
         )
@@ -401,12 +403,13 @@ def create_app(
             raise ApiError(400, str(e), param="voice_id", code="not_deletable") from None
         return {"id": info.id, "object": "voice", "deleted": True}
 
-    app = _Front(app, api_key=api_key, metrics=metrics, upload_bytes=max_upload_bytes)
+    # CORS, when on, is outermost: it answers preflights, which carry no key, before the key is checked.
+    app.add_middleware(_Front, api_key=api_key, metrics=metrics, upload_bytes=max_upload_bytes)
     if cors:
         from starlette.middleware.cors import CORSMiddleware
 
-        app = CORSMiddleware(
-            app,
+        app.add_middleware(
+            CORSMiddleware,
             allow_origins=list(cors),
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],

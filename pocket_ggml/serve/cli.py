@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -95,6 +96,20 @@ _WYOMING_URI = re.compile(r"tcp://\S+:\d{1,5}|unix://\S+")
     metavar="URI",
     help="Also serve the Wyoming protocol (Home Assistant) at tcp://HOST:PORT.",
 )
+@click.option(
+    "--wyoming-voice",
+    default=None,
+    metavar="VOICE",
+    help="The Wyoming side's default voice (a stored voice or registered id; default: the model's first).",
+)
+@click.option("--zeroconf", is_flag=True, help="Announce the Wyoming service on the local network (zeroconf).")
+@click.option("--zeroconf-name", default=None, help="The announced name (default: pocket-ggml-<hostname>).")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**63 - 1),
+    default=None,
+    help="Seed of every request that gives none (HTTP `seed` field; Wyoming). Default: a fresh one each time.",
+)
 @click.option("--http/--no-http", default=True, show_default=True, help="Serve HTTP (--no-http: Wyoming only).")
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
@@ -113,6 +128,10 @@ def main(
     queue_timeout,
     max_input_chars,
     wyoming_uri,
+    wyoming_voice,
+    zeroconf,
+    zeroconf_name,
+    seed,
     http,
     log_level,
 ) -> None:
@@ -138,6 +157,7 @@ def main(
             request_timeout=request_timeout,
             queue_timeout=queue_timeout,
             max_input_chars=max_input_chars,
+            seed=seed,
         )
     except PocketError as e:
         click.echo(f"pocket-serve: {e}", err=True)
@@ -150,16 +170,30 @@ def main(
         registry.voices_dir,
         ", bearer key required" if api_key else "",
     )
+    wyoming = None
+    if wyoming_uri:
+        wyoming = {
+            "uri": wyoming_uri,
+            "zeroconf": zeroconf,
+            "zeroconf_name": zeroconf_name,
+            "max_chars": max_input_chars,
+            "seed": seed,
+            "voice": wyoming_voice,
+        }
     try:
-        asyncio.run(_serve(app, pool, registry, host, port, wyoming_uri if wyoming_uri else None, http, log_level))
+        asyncio.run(_serve(app, pool, registry, host, port, wyoming, http, log_level))
     except KeyboardInterrupt:
         pass
+    except PocketError as e:  # the Wyoming side refusing its URI or voice
+        click.echo(f"pocket-serve: {e}", err=True)
+        sys.exit(2)
     finally:
         pool.close()
 
 
-async def _serve(app, pool, registry, host: str, port: int, wyoming_uri: str | None, http: bool, log_level: str):
-    """uvicorn and the Wyoming server in one event loop, sharing the pool; when one stops, so does the other."""
+async def _serve(app, pool, registry, host: str, port: int, wyoming: dict | None, http: bool, log_level: str):
+    """uvicorn and the Wyoming server in one event loop, sharing the pool; when one stops, so does the other.
+    uvicorn handles SIGINT/SIGTERM; Wyoming alone stops on them here, closing its connections first."""
     services = []
     if http:
         import uvicorn
@@ -175,10 +209,16 @@ async def _serve(app, pool, registry, host: str, port: int, wyoming_uri: str | N
             timeout_graceful_shutdown=5,
         )
         services.append(asyncio.create_task(uvicorn.Server(config).serve(), name="http"))
-    if wyoming_uri:
+    if wyoming is not None:
         from pocket_ggml.serve.wyoming import serve_wyoming
 
-        services.append(asyncio.create_task(serve_wyoming(wyoming_uri, pool, registry), name="wyoming"))
+        stop = asyncio.Event()
+        if not http:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+        uri = wyoming.pop("uri")
+        services.append(asyncio.create_task(serve_wyoming(uri, pool, registry, stop=stop, **wyoming), name="wyoming"))
     done, pending = await asyncio.wait(services, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
