@@ -30,6 +30,7 @@ from pocket_ggml.voices.state import VoiceState, VoiceStateError, load_voice_sta
 
 VOICE_ID = re.compile(r"voice-[0-9a-f]{16}")
 MAX_CLIP_SECONDS = 120
+MIN_CLIP_SECONDS = 0.5  # shorter holds too little of a voice to clone it
 MAX_CLIP_BYTES = 20 * 1024 * 1024
 MAX_NAME_CHARS = 100
 _CACHED_STATES = 32  # registered voice states kept in memory (a few MB each)
@@ -214,8 +215,8 @@ def decode_clip(audio: bytes, truncate_seconds: float | None = None) -> tuple[np
     if truncate_seconds is None and samples.size > MAX_CLIP_SECONDS * rate:
         raise AudioError(f"the clip is longer than {MAX_CLIP_SECONDS} s")
     samples = samples[: int(limit * rate)]
-    if samples.size == 0:
-        raise AudioError("the audio file holds no samples")
+    if samples.size < MIN_CLIP_SECONDS * rate:
+        raise AudioError(f"the clip lasts {samples.size / rate:.2f} s; a voice needs at least {MIN_CLIP_SECONDS} s")
     if not np.isfinite(samples).all():
         raise AudioError("the audio file holds NaN or infinite samples")
     return samples, rate
