@@ -321,6 +321,9 @@ class _Connection(AsyncEventHandler):
                 except _Refusal as refusal:
                     await self._refuse(refusal)
                     break
+                except _ClientGone:
+                    client_gone = True
+                    break
             if self._is_running and not client_gone and self._open is None:
                 # The client closed its side after sending its requests (as `nc` does): speak them. A client
                 # that is gone altogether makes the next write fail, which ends the speaker within a frame.
@@ -471,6 +474,10 @@ class _Connection(AsyncEventHandler):
 
     async def _refuse(self, refusal: _Refusal) -> None:
         logger.warning("wyoming %s: %s (%s); closing the connection", self.peer, refusal.text, refusal.code)
+        if self._speaker is not None and self._speaker is not asyncio.current_task():
+            # Refused while reading: silence the speaker first, so that the error is the last event sent.
+            self._speaker.cancel()
+            await asyncio.gather(self._speaker, return_exceptions=True)
         with contextlib.suppress(_ClientGone):
             await self._write(Error(text=refusal.text, code=refusal.code).event())
         self._end()
@@ -518,8 +525,10 @@ async def _instance(pool: ModelPool) -> AsyncIterator:
                 model = await stack.enter_async_context(pool.instance())
                 break
             except Overloaded as e:
-                logger.info("wyoming: all instances busy and the queue full; retrying in %g s", e.retry_after)
-                await asyncio.sleep(e.retry_after)
+                # retry_after is the pool's advice to an HTTP client; a retry from here costs nothing
+                wait = min(e.retry_after, 1.0)
+                logger.info("wyoming: all instances busy and the queue full; retrying in %g s", wait)
+                await asyncio.sleep(wait)
         yield model
 
 
