@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from _server import free_port
 from wyoming.audio import AudioChunk, AudioStart
-from wyoming.client import AsyncTcpClient
+from wyoming.client import AsyncTcpClient, AsyncUnixClient
 from wyoming.error import Error
 from wyoming.event import Event, async_read_event, async_write_event
 from wyoming.info import Describe, Info
@@ -489,6 +489,24 @@ def test_serve_wyoming_refuses_what_it_cannot_serve(pool, registry):
         taken.listen()
         with pytest.raises(WyomingServiceError, match="cannot listen"):
             asyncio.run(start(f"tcp://127.0.0.1:{taken.getsockname()[1]}"))
+
+
+def test_serves_a_unix_socket_too(pool, registry, tmp_path):
+    path = tmp_path / "wyoming.sock"
+
+    async def scenario():
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve_wyoming(f"unix://{path}", pool, registry, stop=stop))
+        await until(lambda: path.exists() or task.done(), "the socket file")
+        try:
+            async with AsyncUnixClient(path, connect_timeout=BOUND, read_timeout=BOUND) as c:
+                await c.write_event(Describe().event())
+                return Info.from_event((await read_until(c, "info"))[-1])
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, BOUND)
+
+    assert asyncio.run(scenario()).tts[0].voices
 
 
 def test_zeroconf_service_info():

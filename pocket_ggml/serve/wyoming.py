@@ -249,8 +249,9 @@ class WyomingService:
         self.seed = seed
         self.voice = voice
         self.write_timeout = float(write_timeout)
-        # Declared data past a text of max_chars characters, each \\u-escaped surrogate pairs at worst.
-        self.event_limit = 2**16 + 16 * max_chars
+        # The most data an event carrying max_chars characters can need: 12 bytes per character at worst (an
+        # astral character as two \\u escapes), and room for its other fields.
+        self.event_limit = 2**16 + 12 * max_chars
         self.connections: set[asyncio.Task] = set()  # the handlers' tasks
 
     async def check(self) -> None:
@@ -548,9 +549,13 @@ def zeroconf_service_info(name: str, host: str, port: int):
 def announced_address(host: str) -> str:
     """The address to announce for a service bound to `host`: a wildcard bind is announced at the address of
     the interface that routes to the mDNS group (connecting a UDP socket sends nothing)."""
-    address = ipaddress.ip_address(host) if host else None
-    if address is not None and not address.is_unspecified:
-        return host
+    if host:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:  # a host name
+            return socket.gethostbyname(host)
+        if not address.is_unspecified:
+            return host
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.connect(("224.0.0.251", 5353))
         return probe.getsockname()[0]
