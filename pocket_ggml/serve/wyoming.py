@@ -47,7 +47,14 @@ from wyoming.error import Error
 from wyoming.event import Event, async_read_event, async_write_event
 from wyoming.info import Attribution, Describe, Info, TtsProgram, TtsVoice
 from wyoming.server import AsyncEventHandler, AsyncServer
-from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
+from wyoming.tts import (
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeStopped,
+    SynthesizeVoice,
+)
 
 from pocket_ggml.errors import PocketError
 from pocket_ggml.runtime.text import _CLOSERS, _TERMINAL_PUNCTUATION, TextError
@@ -370,7 +377,7 @@ class _Connection(AsyncEventHandler):
             logger.debug("wyoming %s: ignored an event of type %.40r", self.peer, event.type)
         return True
 
-    def _new_utterance(self, voice, streamed: bool) -> _Utterance:
+    def _new_utterance(self, voice: SynthesizeVoice | None, streamed: bool) -> _Utterance:
         name = None if voice is None else voice.name
         if name is not None and not isinstance(name, str):
             raise _Refusal("bad-event", "the voice name must be a string")
