@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 import pytest
-from _server import free_port
+from _server import free_port, running_server
 from wyoming.audio import AudioChunk, AudioStart
 from wyoming.client import AsyncTcpClient, AsyncUnixClient
 from wyoming.error import Error
@@ -509,6 +509,24 @@ def test_serves_a_unix_socket_too(pool, registry, tmp_path):
             await asyncio.wait_for(task, BOUND)
 
     assert asyncio.run(scenario()).tts[0].voices
+
+
+def test_pocket_serve_speaks_wyoming_beside_http(registry, reference):
+    """The real CLI as a subprocess: `pocket-serve --wyoming tcp://127.0.0.1:PORT --seed N` with HTTP on too."""
+    port = free_port()
+
+    async def scenario():
+        for _ in range(int(BOUND / 0.1)):  # HTTP answers first; the Wyoming side binds in the same loop
+            try:
+                return await synthesize(port, TEXT)
+            except OSError:
+                await asyncio.sleep(0.1)
+        pytest.fail("the Wyoming side of pocket-serve did not start listening")
+
+    with running_server("--workers", "1", "--wyoming", f"tcp://127.0.0.1:{port}", "--seed", str(SEED)) as server:
+        events = asyncio.run(scenario())
+        assert server.alive()
+    assert audio_of(events) == expected_pcm(reference, registry, reference.voice_names[0], TEXT, SEED)
 
 
 def test_zeroconf_service_info():
