@@ -107,6 +107,7 @@ class RequestRecord:
     first_byte: float | None = None  # seconds from arrival
     audio_seconds: float = 0.0
     frames: int = 0
+    deadline: float | None = None  # time.monotonic() by which the response must be complete
     outcome: str | None = None  # set by handlers for what a status cannot say: disconnected, timeout, aborted
 
 
@@ -151,7 +152,16 @@ class _Front:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", record.id.encode())]
             elif message["type"] == "http.response.body" and message.get("body") and record.first_byte is None:
                 record.first_byte = time.monotonic() - start
-            await send(message)
+            if record.deadline is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            # A client that stops reading stalls the send; past the time limit it loses the stream (and the
+            # instance generating it is freed), however slowly it reads.
+            try:
+                await asyncio.wait_for(send(message), max(0.0, record.deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                record.outcome = "timeout"
+                raise _Aborted("over the time limit") from None
 
         limit = self._body_limit(scope["path"])
         received = 0
@@ -340,12 +350,14 @@ def create_app(
         voice = body.voice.id if isinstance(body.voice, VoiceRef) else body.voice
         record.chars, record.format = len(text), fmt
         state, record.voice = await _voice_state(registry, voice, "voice")
-        chunks = await speaker.start(record, state, text, seed if body.seed is None else body.seed, fmt)
+        chunks = await _unless_client_leaves(
+            request, speaker.start(record, state, text, seed if body.seed is None else body.seed, fmt)
+        )
         if body.stream_format == "sse":
-            return StreamingResponse(
+            return _AudioStream(
                 _sse(chunks, record), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
             )
-        return StreamingResponse(chunks, media_type=MEDIA_TYPES[fmt])
+        return _AudioStream(chunks, media_type=MEDIA_TYPES[fmt])
 
     # ------------------------------------------------------------------ the official server's /tts
     @app.post("/tts")
@@ -362,7 +374,9 @@ def create_app(
         record.chars, record.format = len(text), "wav"
         if voice_wav is not None:
             audio = await _read_upload(voice_wav, max_upload_bytes, "voice_wav")
-            state = await _refusing(registry.clone(audio, truncate_seconds=TTS_UPLOAD_SECONDS), "voice_wav")
+            state = await _refusing(
+                registry.clone(audio, truncate_seconds=TTS_UPLOAD_SECONDS, timeout=queue_timeout), "voice_wav"
+            )
             record.voice = "upload"
         else:
             if voice_url is not None and voice_url.startswith(("http://", "https://", "hf://")):
@@ -374,8 +388,8 @@ def create_app(
                     code="unsupported_value",
                 )
             state, record.voice = await _voice_state(registry, voice_url, "voice_url")
-        chunks = await speaker.start(record, state, text, seed, "wav")
-        return StreamingResponse(
+        chunks = await _unless_client_leaves(request, speaker.start(record, state, text, seed, "wav"))
+        return _AudioStream(
             chunks, media_type="audio/wav", headers={"Content-Disposition": "attachment; filename=generated_speech.wav"}
         )
 
@@ -390,7 +404,7 @@ def create_app(
         name: Annotated[str | None, Form()] = None,
     ) -> dict:
         audio = await _read_upload(file, max_upload_bytes, "file")
-        info = await _refusing(registry.register(audio, name), "file")
+        info = await _refusing(registry.register(audio, name, timeout=queue_timeout), "file")
         return info.as_dict()
 
     @app.delete("/v1/audio/voices/{voice_id}")
@@ -518,9 +532,41 @@ async def _read_upload(upload: UploadFile, limit: int, param: str) -> bytes:
 
 
 # ---------------------------------------------------------------------- streaming
+async def _unless_client_leaves(request: Request, start) -> AsyncIterator[bytes]:
+    """Await `start` (a queued wait for an instance, then the first frame), given up when the client hangs
+    up meanwhile: a request nobody waits for any more must not take an instance."""
+    task = asyncio.ensure_future(start)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.25)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            break
+    task.cancel()
+    try:
+        body = await task
+    except asyncio.CancelledError:
+        pass
+    else:  # it had started just then
+        await body.aclose()
+    _record(request).outcome = "disconnected"
+    raise ApiError(499, "the client closed the request", code="client_closed_request")
+
+
 class _Aborted(Exception):
     """A stream ended early on the server's side (time limit, generation failure): the connection is closed
     without the final chunk, so that the client sees an incomplete response, not a short one."""
+
+
+class _AudioStream(StreamingResponse):
+    """Closes its body however the response ends (time limit, client gone, error): the generation behind it
+    stops and its instance is freed at once, not whenever the garbage collector reaches the body."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
 
 
 class _Speaker:
@@ -547,7 +593,7 @@ class _Speaker:
     async def _generate(
         self, record: RequestRecord, state: VoiceState, text: str, seed: int | None, fmt: str
     ) -> AsyncIterator[bytes]:
-        deadline = time.monotonic() + self.request_timeout
+        deadline = record.deadline = time.monotonic() + self.request_timeout
         encoder = Encoder(fmt, self.pool.sample_rate)
         finished = False
         try:

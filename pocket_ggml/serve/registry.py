@@ -137,19 +137,23 @@ class VoiceRegistry:
         return [v.id for v in self.list()][:20]
 
     # ------------------------------------------------------------------ cloning
-    async def clone(self, audio: bytes, *, truncate_seconds: float | None = None) -> VoiceState:
+    async def clone(
+        self, audio: bytes, *, truncate_seconds: float | None = None, timeout: float | None = None
+    ) -> VoiceState:
         """A voice state from an audio file's bytes (any format soundfile reads), not registered.
-        Longer clips than `MAX_CLIP_SECONDS` are refused, or cut to `truncate_seconds` when given."""
+        Longer clips than `MAX_CLIP_SECONDS` are refused, or cut to `truncate_seconds` when given;
+        `timeout`: the longest wait for an instance (then `Overloaded`)."""
         if not self.pool.has_voice_cloning:
             raise VoiceRegistryError("this model has no voice encoder: it speaks only its stored voices")
-        samples, rate = decode_clip(audio, truncate_seconds)
-        async with self.pool.instance() as model:
+        samples, rate = await asyncio.to_thread(decode_clip, audio, truncate_seconds)
+        async with self.pool.instance(timeout) as model:
             return await self.pool.call(model, model.get_state_for_audio_prompt, samples, rate)
 
-    async def register(self, audio: bytes, name: str | None = None) -> VoiceInfo:
+    async def register(self, audio: bytes, name: str | None = None, *, timeout: float | None = None) -> VoiceInfo:
+        """Clone `audio` and keep it under a new id; `timeout` as in `clone`."""
         if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
             raise VoiceRegistryError(f"the name must be a string of at most {MAX_NAME_CHARS} characters")
-        state = await self.clone(audio)
+        state = await self.clone(audio, timeout=timeout)
         voice_id = f"voice-{secrets.token_hex(8)}"
         info = VoiceInfo(voice_id, (name or "").strip() or voice_id, "registered", time.time())
         meta, path = self._paths(voice_id)
