@@ -79,6 +79,7 @@ class ModelPool:
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
         self._running: set[int] = set()  # ids of instances a worker thread is still using
         self._returned: set[int] = set()  # ... of which the borrower is already done
+        self._threads: set[threading.Thread] = set()  # workers still running, joined before the models close
         self._hold_seconds = 5.0  # a running mean of how long a request holds an instance, for Retry-After
 
     # ------------------------------------------------------------------ lending
@@ -162,7 +163,7 @@ class ModelPool:
                 value, error = None, e
             _call_soon(loop, self._settle, model, result, value, error)
 
-        threading.Thread(target=run, name="pocket-serve-call", daemon=True).start()
+        self._start(run, "pocket-serve-call")
         return await asyncio.shield(result)
 
     def _settle(self, model: TTSModel, result: asyncio.Future, value, error: BaseException | None) -> None:
@@ -202,7 +203,7 @@ class ModelPool:
             finally:
                 _call_soon(loop, self._stream_done, model, chunks, ending)
 
-        threading.Thread(target=produce, name="pocket-serve-stream", daemon=True).start()
+        self._start(produce, "pocket-serve-stream")
         try:
             while True:
                 item = await chunks.get()
@@ -214,6 +215,17 @@ class ModelPool:
                 yield item
         finally:
             stop.set()
+
+    def _start(self, target: Callable[[], None], name: str) -> None:
+        def run() -> None:
+            try:
+                target()
+            finally:
+                self._threads.discard(thread)
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        self._threads.add(thread)
+        thread.start()
 
     def _stream_done(self, model: TTSModel, chunks: asyncio.Queue, ending: _Finished) -> None:
         self._thread_done(model)
@@ -233,9 +245,14 @@ class ModelPool:
                 f"{flow_lm.num_layers} x {flow_lm.kv_dim}"
             )
 
-    def close(self) -> None:
-        for model in self._models:
-            model.close()
+    def close(self, timeout: float = 10.0) -> None:
+        """Free the models once their worker threads are done (a stopped generation ends within a frame);
+        a model still computing after `timeout` is left to the process exit rather than freed under it."""
+        for thread in list(self._threads):
+            thread.join(timeout)
+        if not self._threads:
+            for model in self._models:
+                model.close()
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable, *args) -> bool:
