@@ -24,8 +24,12 @@ speaking in another voice beats a voice assistant that goes silent.
 
 A request the service cannot do (text over the cap, an event missing a field or of the wrong type, events out
 of order, oversized or unreadable framing) gets an `error` event and the connection is closed: a client waiting
-for `audio-stop` would otherwise wait forever. Events of unknown types are ignored. A client that disconnects
-stops its generation within a frame; one that stops reading is dropped after `write_timeout` seconds.
+for `audio-stop` would otherwise wait forever. Events of unknown types are ignored.
+
+A client that disconnects stops its generation within a frame: at once when its connection is reset (as it is
+when audio was left unread), else at the next chunk that cannot be sent; a client that only closed its sending
+side after its request still gets all its audio (wyoming's own handler serves it so). A client that stops
+reading is dropped after `write_timeout` seconds.
 """
 
 from __future__ import annotations
