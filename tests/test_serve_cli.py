@@ -3,8 +3,10 @@ process; CORS answered only for the origins given with --cors."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -79,3 +81,18 @@ def test_no_cors_unless_asked():
     with running_server("--workers", "1") as s:
         r = httpx.get(f"{s.url}/v1/models", headers={"Origin": ORIGIN})
         assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
+def test_stopping_mid_stream_exits_cleanly():
+    text = " ".join(f"Sentence {i} of a stream still running when the server is told to stop." for i in range(50))
+    with running_server("--workers", "1") as s, httpx.Client(timeout=60) as http:
+        with http.stream("POST", f"{s.url}/v1/audio/speech", json={"input": text, "response_format": "pcm"}) as r:
+            pieces = r.iter_raw()
+            next(pieces)
+            s.proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(httpx.HTTPError):  # the stream is cut by the shutdown
+                for _ in pieces:
+                    pass
+        assert s.proc.wait(timeout=60) == 0
+        log = s.log()
+    assert "Traceback" not in log and "Fatal Python error" not in log, log

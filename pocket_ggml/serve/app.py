@@ -196,8 +196,13 @@ class _Front:
         except _Aborted:  # the stream was cut off on purpose; uvicorn closes the connection
             record.outcome = record.outcome or "aborted"
         except asyncio.CancelledError:
-            record.outcome = record.outcome or "disconnected"
-            raise
+            # Only the server cancels a request's task: uvicorn, when a stream outlasts its graceful shutdown.
+            # The request ends here, its generation stopped by the body's cleanup; re-raised, uvicorn would
+            # log the cancellation as a crash of the app.
+            record.outcome = record.outcome or "cancelled"
+            task = asyncio.current_task()
+            if task is not None and hasattr(task, "uncancel"):
+                task.uncancel()
         except Exception:
             record.outcome = "error"
             raise
