@@ -171,6 +171,7 @@ def _corpus() -> list[tuple[str, tuple, int]]:
         "/v1/models/nope",
         "/v1/models/..",
         "/tts/x",
+        "/x%0A2026-01-01 INFO pocket_ggml.serve: forged 200 ok",
     ]:
         case(f"route-{path}", ("GET", path, {"headers": AUTH}), 404)
     for method, path in [
@@ -323,6 +324,7 @@ def test_bad_requests_get_their_status_and_the_envelope_and_the_server_lives(ser
         assert r.status_code == 200 and r.content[:4] == b"RIFF"
     log = server.log()
     assert "Traceback" not in log and "Exception in ASGI" not in log and " 500 " not in log
+    assert not any(line.startswith("2026-01-01") for line in log.splitlines())  # no line forged through a path
 
 
 @pytest.mark.parametrize(

@@ -213,7 +213,9 @@ class _Front:
         outcome = record.outcome or _outcome(status)
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         self.metrics.request(route, outcome, record.first_byte, seconds, record.audio_seconds)
-        fields = [f"{record.id}", scope["method"], scope["path"][:200], str(status or "-"), outcome]
+        # the path as sent (still percent-encoded): a decoded %0A must not start a forged log line
+        path = scope.get("raw_path") or scope["path"].encode("utf-8", "backslashreplace")
+        fields = [record.id, scope["method"], path.decode("latin-1")[:200], str(status or "-"), outcome]
         if record.chars is not None:
             rtf = seconds / record.audio_seconds if record.audio_seconds else None
             fields += [
