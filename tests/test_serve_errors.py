@@ -332,7 +332,7 @@ def test_bad_requests_get_their_status_and_the_envelope_and_the_server_lives(ser
     [
         "\U0001f600" * 20,
         "\u05e9\u05dc\u05d5\u05dd \u05e2\u05d5\u05dc\u05dd",
-        "e\u0301" * 500,
+        "e\u0301" * 100,
         "a\u200db\u200c" * 50,
         "\x00\x01\x02 hi",
         "\u202eevil\u202c",
