@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import httpx
 import pytest
@@ -51,7 +52,7 @@ ORIGIN = "http://page.example:3000"
 @pytest.fixture(scope="module")
 def server():
     wyoming_port = free_port()
-    with running_server("--workers", "1", "--cors", ORIGIN, "--wyoming", f"tcp://127.0.0.1:{wyoming_port}") as s:
+    with running_server("--workers", "2", "--cors", ORIGIN, "--wyoming", f"tcp://127.0.0.1:{wyoming_port}") as s:
         s.wyoming_port = wyoming_port
         yield s
 
@@ -75,6 +76,24 @@ def test_cors_only_for_the_given_origin(server):
     assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
     simple = httpx.get(f"{server.url}/v1/models", headers={"Origin": ORIGIN})
     assert simple.headers["access-control-allow-origin"] == ORIGIN
+
+
+def test_two_instances_speak_at_once_and_alike(server):
+    """K=2 instances of the one mapped model: two requests at once, each the same samples as alone."""
+    body = {"input": "Two at once. Each on its own instance.", "response_format": "pcm", "seed": 3}
+    alone = httpx.post(f"{server.url}/v1/audio/speech", json=body, timeout=120).content
+    results: list[bytes] = []
+
+    def speak():
+        results.append(httpx.post(f"{server.url}/v1/audio/speech", json=body, timeout=120).content)
+
+    threads = [threading.Thread(target=speak) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == [alone, alone]
+    assert httpx.get(f"{server.url}/health").json()["workers"] == 2
 
 
 def test_no_cors_unless_asked():
