@@ -1,5 +1,5 @@
 """pocket-serve's command line: usage errors exit 2 with one line; HTTP and Wyoming served side by side from one
-process; CORS answered only for the origins given with --cors."""
+process; CORS answered only for the origins given with --cors; two instances at once; a clean stop mid-stream."""
 
 from __future__ import annotations
 

@@ -116,8 +116,9 @@ def _record(request: Request) -> RequestRecord:
 
 
 class _Front:
-    """Outermost layer of the app: request ids, the bearer key, body size caps, the log line and the
-    request metrics. Plain ASGI, so that it sees the real first byte and the end of streamed bodies."""
+    """The layer around the routes (inside only CORS and Starlette's last-resort error handler): request ids,
+    the bearer key, body size caps, the time limit on sends, the log line and the request metrics. Plain ASGI,
+    so that it sees the real first byte and the end of streamed bodies."""
 
     def __init__(self, app, *, api_key: str | None, metrics: Metrics, upload_bytes: int):
         self.app = app
