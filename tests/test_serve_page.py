@@ -18,7 +18,7 @@ from _server import running_server
 # A stream is pcm at 24 kHz, one 80 ms latent frame per chunk.
 SAMPLE_RATE = 24000
 FRAME_SAMPLES = 1920
-WAIT_SECONDS = 120  # bound of every wait on the page; the synthetic model speaks a sentence in well under 1 s
+WAIT_SECONDS = 120  # bound of every wait on the page, generous for a loaded CI machine
 API_KEY = "page-test-key"
 
 
