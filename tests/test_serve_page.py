@@ -60,7 +60,7 @@ def browser(tmp_path_factory):
         # a microphone that plays a test tone, allowed without a prompt: the recording path runs for real
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
-        "--window-size=1000,1400",
+        "--window-size=1000,1220",
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ):
         options.add_argument(flag)
