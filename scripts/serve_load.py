@@ -415,15 +415,25 @@ def crash_phase(server_args: list[str], args, checks: Checks) -> list[str]:
 
 
 # ---------------------------------------------------------------------- main
+def at_least(minimum: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return parse
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=200, help="requests per concurrency level")
-    parser.add_argument("--workers", type=int, default=None, help="server instances K (default: the server's)")
-    parser.add_argument("--queue", type=int, default=16, help="the server's queue")
+    parser.add_argument("--requests", type=at_least(1), default=200, help="requests per concurrency level")
+    parser.add_argument("--workers", type=at_least(1), default=None, help="server instances K (default: the server's)")
+    parser.add_argument("--queue", type=at_least(0), default=16, help="the server's queue")
     parser.add_argument("--model", default=None, help="a GGUF (default: the embedded synthetic model)")
     parser.add_argument("--text", default=TEXT, help="the text of every load request")
-    parser.add_argument("--kill-waves", type=int, default=3, help="waves of clients killed mid-stream")
-    parser.add_argument("--crash-trials", type=int, default=6, help="server SIGKILLs during a registration")
+    parser.add_argument("--kill-waves", type=at_least(0), default=3, help="waves of clients killed mid-stream")
+    parser.add_argument("--crash-trials", type=at_least(0), default=6, help="server SIGKILLs during a registration")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the tables to this file")
     args = parser.parse_args()
     if not CLIP.is_file():
