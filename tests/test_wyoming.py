@@ -312,6 +312,7 @@ def test_a_client_leaving_mid_audio_stops_its_generation(pool, registry, caplog,
                 await c.write_event(Synthesize(text=long_text).event())
             events = [await c.read_event() for _ in range(3)]
             assert [e.type for e in events] == ["audio-start", "audio-chunk", "audio-chunk"]
+            assert pool.busy == 1, "the audio came only after the generation ended, not as it was decoded"
             await c.disconnect()
             await until(lambda: pool.busy == 0, "the instance back in the pool")
             assert (await describe(port)).tts
