@@ -1,0 +1,3 @@
+from pocket_ggml.serve.cli import main
+
+main()
