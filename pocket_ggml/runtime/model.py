@@ -108,7 +108,6 @@ class PocketRuntime:
         kv_type = GGML_TYPE_F32 if qkv_types & {GGML_TYPE_F32, GGML_TYPE_F16} else GGML_TYPE_F16
         self.flow_lm = FlowLM(self.config, self.weights, self.backend, decode_steps, self.prompt_threads, kv_type)
         self.mimi = MimiDecoder(self.config, self.weights, self.mimi_backend)
-        self._encoder: MimiEncoder | None = None
 
     @property
     def sample_rate(self) -> int:
@@ -124,12 +123,16 @@ class PocketRuntime:
             raise VoiceCloningUnavailable(
                 f"{self.file.path} has no Mimi encoder (made with --no-encoder): voice cloning needs a file with it"
             )
-        if self._encoder is None:
-            self._encoder = MimiEncoder(self.config, self.weights, self.backend)
         m = self.config.mimi
         prompt = prepare_voice_prompt(audio, sample_rate, m.sample_rate, m.frame_size)
-        with self.backend.threads(self.prompt_threads):
-            return self._encoder.encode(prompt)
+        # An encoder for each prompt, closed after it: kept, its kernel copies, state and weight pages
+        # would stay in every process that ever cloned a voice (making it is a small part of encoding).
+        encoder = MimiEncoder(self.config, self.weights, self.backend)
+        try:
+            with self.backend.threads(self.prompt_threads):
+                return encoder.encode(prompt)
+        finally:
+            encoder.close()
 
     def voice_state(self, latents: np.ndarray) -> FlowLMSnapshot:
         """The FlowLM cache after the voice prompt: what every text chunk starts from."""
@@ -184,8 +187,6 @@ class PocketRuntime:
 
     def close(self) -> None:
         self.mimi.close()
-        if self._encoder is not None:
-            self._encoder.close()
         self.weights.close()
         self.backend.close()
         self.mimi_backend.close()
