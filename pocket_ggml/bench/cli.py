@@ -148,9 +148,13 @@ def main(
     """
     if info:
         from pocket_ggml.bench.hardware import ggml_features, ggml_features_line, repack_line
+        from pocket_ggml.runtime.build_check import slow_build_note
 
         click.echo(ggml_features_line(ggml_features()))
         click.echo(repack_line())
+        note = slow_build_note()
+        if note:
+            click.echo(f"SLOW BUILD: {note}")
         return
     threads = _threads_list(threads_arg)
     try:
@@ -200,6 +204,7 @@ def run_benchmark(
     from pocket_ggml.bench import assets, hardware, runner
     from pocket_ggml.bench.flops import count_flops
     from pocket_ggml.bench.report import SCHEMA, make_record, ratios
+    from pocket_ggml.runtime.build_check import slow_build_note
 
     load_start = hardware.load_average()
     try:
@@ -286,7 +291,11 @@ def run_benchmark(
         "schema": SCHEMA,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["pocket-bench", *sys.argv[1:]]),
-        "hardware": {**hardware.cpu_info(), "ggml_features": hardware.ggml_features()},
+        "hardware": {
+            **hardware.cpu_info(),
+            "ggml_features": hardware.ggml_features(),
+            "ggml_slow_build": slow_build_note(),
+        },
         "versions": versions,
         "model": {
             "path": str(gguf),

@@ -15,6 +15,7 @@ import numpy as np
 
 from pocket_ggml.errors import PocketError
 from pocket_ggml.quantize.names import Role, from_gguf
+from pocket_ggml.runtime.build_check import warn_if_slow_build
 from pocket_ggml.runtime.flow_lm import FlowLM, FlowLMSnapshot, sample_noise
 from pocket_ggml.runtime.generate import (
     Frame,
@@ -92,6 +93,7 @@ def thread_plan(threads: int, mimi_threads: int, cpus: int) -> tuple[int, int, i
 
 class PocketRuntime:
     def __init__(self, path: str | Path, threads: int = 1, mimi_threads: int = 1, decode_steps: int = 1):
+        warn_if_slow_build()
         self.file = ModelFile(path)
         self.config = self.file.config
         self.threads, self.mimi_threads, self.prompt_threads = thread_plan(threads, mimi_threads, usable_cpus())
