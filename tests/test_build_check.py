@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from pocket_ggml import ggml_presets
 from pocket_ggml.bench.cli import main as bench_main
+from pocket_ggml.bench.report import markdown
 from pocket_ggml.runtime import build_check, ggml_backend
 from pocket_ggml.runtime.model import PocketRuntime
 
@@ -92,3 +93,12 @@ def test_pocket_bench_info_names_a_slow_build(slow_build):
     assert lines[0].startswith("ggml CPU features:") and lines[-1].startswith("SLOW BUILD: ")
     assert ggml_presets.cmake_args(ggml_presets.preset_for_this_cpu()) in lines[-1]
 
+
+def test_pocket_bench_report_header_carries_it():
+    from test_bench_plot import synthetic_report
+
+    doc = synthetic_report()
+    assert "SLOW BUILD" not in markdown(doc)
+    doc["hardware"]["ggml_slow_build"] = "ggml-python was built without LLAMAFILE ..."
+    header = markdown(doc).split("\n\n")[0]
+    assert "**SLOW BUILD**: ggml-python was built without LLAMAFILE" in header

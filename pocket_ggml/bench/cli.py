@@ -117,6 +117,12 @@ def _progress(msg: str) -> None:
     help="interpreter that has torch and pocket-tts, for --reference",
 )
 @click.option("--json", "json_path", metavar="PATH", help="write every figure as JSON")
+@click.option(
+    "--plot",
+    "plot_path",
+    metavar="FILE.png",
+    help="draw the realtime factors and where a frame's time goes (needs matplotlib: pocket-ggml[plot])",
+)
 @click.option("--info", is_flag=True, help="print the CPU features the installed ggml build uses, and exit")
 def main(
     model: str | None,
@@ -133,6 +139,7 @@ def main(
     reference: bool,
     reference_python: str,
     json_path: str | None,
+    plot_path: str | None,
     info: bool,
 ) -> None:
     """Benchmark pocket-ggml (FlowLM and the Mimi transformer on a worker thread, the SEANet decoder in
@@ -144,6 +151,7 @@ def main(
       pocket-bench --reference --threads 1,2 --runs 3
       pocket-bench --reference --cores 1
       pocket-bench --type Q8_0 --json q8.json
+      pocket-bench --reference --plot bench.png
       pocket-bench --info
     """
     if info:
@@ -158,6 +166,12 @@ def main(
         return
     threads = _threads_list(threads_arg)
     try:
+        if plot_path:
+            from pocket_ggml.bench.plot import PlotUnavailable, require_matplotlib
+
+            require_matplotlib()
+            if not Path(plot_path).resolve().parent.is_dir():
+                raise PlotUnavailable(f"--plot {plot_path}: its folder does not exist")
         doc = run_benchmark(
             model=model,
             mix=mix,
@@ -182,6 +196,15 @@ def main(
     if json_path:
         Path(json_path).write_text(json.dumps(_finite(doc), indent=1) + "\n")
         _progress(f"wrote {json_path}")
+    if plot_path:
+        from pocket_ggml.bench.plot import plot_report
+
+        try:
+            plot_report(doc, plot_path)
+        except (PocketError, OSError) as e:
+            click.echo(f"pocket-bench: error: cannot draw {plot_path}: {e}", err=True)
+            sys.exit(2)
+        _progress(f"wrote {plot_path}")
 
 
 def run_benchmark(
