@@ -109,7 +109,16 @@ def plot_report(doc: Mapping[str, Any], path: str | Path) -> Path:
             top = v + (h if math.isfinite(h) else 0.0)
             left.annotate(f"{v:.2f}x", (x, top), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=9)
     left.axhline(1.0, color="#c0392b", lw=1, ls="--")
-    left.text(-0.45, 1.0, "realtime", color="#c0392b", ha="left", va="bottom", fontsize=8)
+    left.text(
+        -0.45,
+        1.0,
+        "realtime",
+        color="#c0392b",
+        ha="left",
+        va="bottom",
+        fontsize=8,
+        bbox={"fc": "white", "ec": "none", "pad": 1},
+    )
     left.set_xticks(list(xs), labels, fontsize=8)
     left.set_ylabel("realtime factor (audio s / wall s, higher is faster)")
     left.set_title("speed per configuration (median, min-max of the warm runs)", fontsize=10)
