@@ -156,7 +156,7 @@ log "x86: reference dumps and the F32 stage parity of english_2m"
 BUDGET_TEXT="The harbour lights came on one by one as the fishing boats returned."
 budgets() {  # budgets OUT_DIR SHARED_DIR CLONE POCKET_SPEAK...: synthesis within memory cgroups
     # english Q4_K_M in 256 MB and english_2m in 128 MB with a saved voice state (the edge use); with
-    # CLONE=1 also english Q4_K_M in 256 MB cloning the voice from the wav (Mimi encoder, scipy's resampler)
+    # CLONE=1 also english Q4_K_M in 256 MB cloning the voice from the wav (resampler, Mimi encoder)
     local out=$1 shared=$2 clone=$3 config limit voice
     shift 3
     while read -r config limit voice; do

@@ -182,3 +182,55 @@ def test_overlapping_view_checks_its_bounds(backend):
 
     with pytest.raises(ValueError, match="outside"):
         runner.run(bad, {})
+
+
+def test_released_pages_read_back_the_same_values(backend):
+    """Dropping a mapped tensor's pages loses nothing: the next read comes from the file again."""
+    w = _weights(backend, "Q4_K_M")
+    names = [n for n in w if n.startswith("mimi.enc")][:20]
+    assert names
+    before = {n: w.get(n) for n in names}
+    mapped = {n: np.empty_like(a) for n, a in before.items()}
+    for n in names:  # through the mapping, so that its pages are resident before they are dropped
+        super(WeightStore, w)._read_into(n, mapped[n])
+    w.release_pages(names)
+    for n in names:
+        again = np.empty_like(before[n])
+        super(WeightStore, w)._read_into(n, again)
+        assert np.array_equal(again.view(np.uint8), before[n].view(np.uint8)), n
+
+
+def test_release_pages_leaves_memory_of_its_own_alone(backend):
+    """A store over anonymous memory (or copies made by `put`) keeps its values: MADV_DONTNEED would
+    zero anonymous pages."""
+    values = np.arange(4096 * 4, dtype=np.float32)
+    store = WeightStore.from_arrays(backend, {"w": values})
+    store.release_pages(["w"])
+    assert np.array_equal(store.get("w"), values)
+
+
+def test_cloning_leaves_no_encoder_behind():
+    """The encoder's kernel copies and state live only while a prompt is encoded: the weight store
+    afterwards holds what it held before, and a second clone gives the same latents."""
+    from pocket_ggml.runtime.model import PocketRuntime
+
+    rt = PocketRuntime(synthetic_model(CONFIG, "Q4_K_M")[1])
+    try:
+        names = set(rt.weights)
+        audio = np.sin(np.arange(24000 * 2) * 0.05).astype(np.float32) * 0.3
+        first = rt.encode_voice(audio, 24000)
+        assert set(rt.weights) == names
+        assert np.array_equal(rt.encode_voice(audio, 24000), first)
+    finally:
+        rt.close()
+
+
+def test_malloc_threshold_is_left_to_a_user_who_set_it(monkeypatch):
+    import platform
+
+    from pocket_ggml.runtime import ggml_backend
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert not ggml_backend._fix_mmap_threshold()
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    assert ggml_backend._fix_mmap_threshold() == (platform.libc_ver()[0] == "glibc")

@@ -117,6 +117,12 @@ def _progress(msg: str) -> None:
     help="interpreter that has torch and pocket-tts, for --reference",
 )
 @click.option("--json", "json_path", metavar="PATH", help="write every figure as JSON")
+@click.option(
+    "--plot",
+    "plot_path",
+    metavar="FILE.png",
+    help="draw the realtime factors and where a frame's time goes (needs matplotlib: pocket-ggml[plot])",
+)
 @click.option("--info", is_flag=True, help="print the CPU features the installed ggml build uses, and exit")
 def main(
     model: str | None,
@@ -133,6 +139,7 @@ def main(
     reference: bool,
     reference_python: str,
     json_path: str | None,
+    plot_path: str | None,
     info: bool,
 ) -> None:
     """Benchmark pocket-ggml (FlowLM and the Mimi transformer on a worker thread, the SEANet decoder in
@@ -144,16 +151,27 @@ def main(
       pocket-bench --reference --threads 1,2 --runs 3
       pocket-bench --reference --cores 1
       pocket-bench --type Q8_0 --json q8.json
+      pocket-bench --reference --plot bench.png
       pocket-bench --info
     """
     if info:
         from pocket_ggml.bench.hardware import ggml_features, ggml_features_line, repack_line
+        from pocket_ggml.runtime.build_check import slow_build_note
 
         click.echo(ggml_features_line(ggml_features()))
         click.echo(repack_line())
+        note = slow_build_note()
+        if note:
+            click.echo(f"SLOW BUILD: {note}")
         return
     threads = _threads_list(threads_arg)
     try:
+        if plot_path:
+            from pocket_ggml.bench.plot import PlotUnavailable, require_matplotlib
+
+            require_matplotlib()
+            if not Path(plot_path).resolve().parent.is_dir():
+                raise PlotUnavailable(f"--plot {plot_path}: its folder does not exist")
         doc = run_benchmark(
             model=model,
             mix=mix,
@@ -178,6 +196,15 @@ def main(
     if json_path:
         Path(json_path).write_text(json.dumps(_finite(doc), indent=1) + "\n")
         _progress(f"wrote {json_path}")
+    if plot_path:
+        from pocket_ggml.bench.plot import plot_report
+
+        try:
+            plot_report(doc, plot_path)
+        except (PocketError, OSError) as e:
+            click.echo(f"pocket-bench: error: cannot draw {plot_path}: {e}", err=True)
+            sys.exit(2)
+        _progress(f"wrote {plot_path}")
 
 
 def run_benchmark(
@@ -200,6 +227,7 @@ def run_benchmark(
     from pocket_ggml.bench import assets, hardware, runner
     from pocket_ggml.bench.flops import count_flops
     from pocket_ggml.bench.report import SCHEMA, make_record, ratios
+    from pocket_ggml.runtime.build_check import slow_build_note
 
     load_start = hardware.load_average()
     try:
@@ -286,7 +314,11 @@ def run_benchmark(
         "schema": SCHEMA,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["pocket-bench", *sys.argv[1:]]),
-        "hardware": {**hardware.cpu_info(), "ggml_features": hardware.ggml_features()},
+        "hardware": {
+            **hardware.cpu_info(),
+            "ggml_features": hardware.ggml_features(),
+            "ggml_slow_build": slow_build_note(),
+        },
         "versions": versions,
         "model": {
             "path": str(gguf),

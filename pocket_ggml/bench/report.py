@@ -287,6 +287,7 @@ def markdown(doc: Mapping[str, Any]) -> str:
         f"OMP_WAIT_POLICY={st['omp_wait_policy'] or '(unset)'}; threads = ggml threads of FlowLM and of Mimi "
         "(torch.set_num_threads for the reference, shared by its FlowLM and Mimi threads)",
         _load_line(st, hw),
+        *([f"**SLOW BUILD**: {hw['ggml_slow_build']}"] if hw.get("ggml_slow_build") else []),
         "",
         "| metric | " + " | ".join(_column(r) for r in records) + " |",
         "|---|" + "---:|" * len(records),

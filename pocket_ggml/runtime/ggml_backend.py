@@ -1,8 +1,9 @@
 """GGML CPU backend plumbing: the only module that touches ctypes and ggml's backend API.
 
 Importing it fixes the known ggml-python 0.0.45 binding bugs (pointer restypes cut to 32 bits) and sets
-GGML_NO_BACKTRACE=1, so a failed GGML_ASSERT aborts without starting gdb, and OMP_WAIT_POLICY=passive
-(unless already set; see below). Graph builders
+GGML_NO_BACKTRACE=1, so a failed GGML_ASSERT aborts without starting gdb, OMP_WAIT_POLICY=passive
+(unless already set) and, with glibc, a fixed 128 KiB malloc mmap threshold (unless MALLOC_MMAP_THRESHOLD_
+is set); see below for why. Graph builders
 (`pocket_ggml.ggml_graphs`) use `ggml.ggml_*` ops on `Graph.ctx` and never call the backend directly.
 
 Shapes are given in numpy order (outermost first); ggml's `ne` is the reverse.
@@ -40,7 +41,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import mmap
 import os
+import platform
 import sys
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +61,30 @@ os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 # threads on a busy 2-core machine); passive waits cost ~1 ms per step and never collapse.
 # pocket_ggml.ggml_graphs sets it too: it may load ggml first.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+MMAP_THRESHOLD = 128 * 1024
+
+
+def _fix_mmap_threshold() -> bool:
+    """Keep glibc's malloc from moving its mmap threshold up (unless the user set MALLOC_MMAP_THRESHOLD_).
+
+    glibc serves blocks above the threshold with mmap, and every such block freed raises the threshold
+    to its size (up to 32 MB). Loading frees a few MB-sized temporaries, so afterwards the graph
+    buffers, KV caches and kernel copies of voice cloning come from the heap, and freeing them leaves
+    holes that stay in the RSS. At glibc's initial 128 KiB they are mapped and given back when freed;
+    nothing allocated per frame is that large. Process-wide, as OMP_WAIT_POLICY above."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
+_fix_mmap_threshold()
 
 import ggml  # noqa: E402
 
@@ -92,6 +119,22 @@ _NUMPY_TYPES: dict[int, np.dtype] = {
 _GGML_TYPES: dict[np.dtype, int] = {v: k for k, v in _NUMPY_TYPES.items()}
 _MAX_DIMS = 4
 _HOST_ALIGNMENT = 32  # ggml's TENSOR_ALIGNMENT, asserted by ggml_backend_cpu_buffer_from_ptr
+
+
+def _libc_madvise() -> Callable[[int, int, int], int] | None:
+    """madvise(2) from the C library, where the platform has it (not Windows)."""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MADVISE = _libc_madvise()
 
 
 def _ggml_type_for(dtype: np.dtype) -> int:
@@ -341,6 +384,25 @@ class WeightStore(_TensorStore):
             f.seek(start)
             if f.readinto(memoryview(out.reshape(-1).view(np.uint8))) != out.nbytes:
                 raise OSError(f"{filename}: short read of {name}")
+
+    def release_pages(self, names: Sequence[str]) -> None:
+        """Drop the resident pages of these tensors where they are mapped read-only from a file: the
+        process's memory shrinks, and the OS reads a page back from the file (its page cache) if a graph
+        touches it again. Tensors in memory of their own, or partly sharing a page with others, keep
+        those pages."""
+        memory = self._memory
+        if getattr(memory, "filename", None) is None or getattr(memory, "mode", None) != "r" or _MADVISE is None:
+            return  # anonymous or writable memory would lose its contents
+        page = mmap.PAGESIZE
+        base = memory.ctypes.data  # type: ignore[union-attr]
+        for name in names:
+            offset = self._offsets.get(name)
+            if offset is None:
+                continue
+            start = -(-(base + offset) // page) * page
+            end = (base + offset + _nbytes(self._types[name], self._shapes[name])) // page * page
+            if end > start:
+                _MADVISE(start, end - start, mmap.MADV_DONTNEED)
 
     def put(self, backend: CpuBackend, arrays: Mapping[str, np.ndarray | RawTensor], repack: bool = False) -> None:
         """Add or replace tensors with copies of `arrays` (F32/F16/I32 arrays or raw tensors) in a new buffer.

@@ -16,6 +16,7 @@ import numpy as np
 
 from pocket_ggml.errors import PocketError
 from pocket_ggml.quantize.names import Role, from_gguf
+from pocket_ggml.runtime.build_check import warn_if_slow_build
 from pocket_ggml.runtime.flow_lm import FlowLM, FlowLMSnapshot, sample_noise
 from pocket_ggml.runtime.generate import (
     Frame,
@@ -94,6 +95,7 @@ def thread_plan(threads: int, mimi_threads: int, cpus: int) -> tuple[int, int, i
 
 class PocketRuntime:
     def __init__(self, path: str | Path, threads: int = 1, mimi_threads: int = 1, decode_steps: int = 1):
+        warn_if_slow_build()
         self.file = ModelFile(path)
         self.config = self.file.config
         self.threads, self.mimi_threads, self.prompt_threads = thread_plan(threads, mimi_threads, usable_cpus())
@@ -110,7 +112,6 @@ class PocketRuntime:
         kv_type = GGML_TYPE_F32 if qkv_types & {GGML_TYPE_F32, GGML_TYPE_F16} else GGML_TYPE_F16
         self.flow_lm = FlowLM(self.config, self.weights, self.backend, decode_steps, self.prompt_threads, kv_type)
         self.mimi = MimiDecoder(self.config, self.weights, self.mimi_backend)
-        self._encoder: MimiEncoder | None = None
 
     @property
     def sample_rate(self) -> int:
@@ -126,12 +127,16 @@ class PocketRuntime:
             raise VoiceCloningUnavailable(
                 f"{self.file.path} has no Mimi encoder (made with --no-encoder): voice cloning needs a file with it"
             )
-        if self._encoder is None:
-            self._encoder = MimiEncoder(self.config, self.weights, self.backend)
         m = self.config.mimi
         prompt = prepare_voice_prompt(audio, sample_rate, m.sample_rate, m.frame_size)
-        with self.backend.threads(self.prompt_threads):
-            return self._encoder.encode(prompt)
+        # An encoder for each prompt, closed after it: kept, its kernel copies, state and weight pages
+        # would stay in every process that ever cloned a voice (making it is a small part of encoding).
+        encoder = MimiEncoder(self.config, self.weights, self.backend)
+        try:
+            with self.backend.threads(self.prompt_threads):
+                return encoder.encode(prompt)
+        finally:
+            encoder.close()
 
     def voice_state(self, latents: np.ndarray) -> FlowLMSnapshot:
         """The FlowLM cache after the voice prompt: what every text chunk starts from."""
@@ -198,8 +203,6 @@ class PocketRuntime:
 
     def close(self) -> None:
         self.mimi.close()
-        if self._encoder is not None:
-            self._encoder.close()
         self.weights.close()
         self.backend.close()
         self.mimi_backend.close()

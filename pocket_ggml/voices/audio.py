@@ -1,7 +1,7 @@
 """Voice-prompt audio, prepared exactly as the reference prepares it before the Mimi encoder.
 
-read (any format soundfile reads) -> mono (channel mean) -> 24 kHz (scipy's polyphase
-`resample_poly`, the reference's resampler) -> `end_on_pause` -> zero-pad to whole latent frames.
+read (any format soundfile reads) -> mono (channel mean) -> 24 kHz (`resample_poly`: the reference's
+resampler, scipy.signal.resample_poly, redone on numpy) -> `end_on_pause` -> zero-pad to whole latent frames.
 """
 
 from __future__ import annotations
@@ -32,10 +32,59 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
 def resample(wav: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     if from_rate == to_rate:
         return wav
-    from scipy.signal import resample_poly
+    return resample_poly(wav.astype(np.float32, copy=False), int(to_rate), int(from_rate))
 
-    g = math.gcd(int(from_rate), int(to_rate))
-    return resample_poly(wav, to_rate // g, from_rate // g).astype(np.float32)
+
+def kaiser_lowpass(numtaps: int, cutoff: float, beta: float = 5.0) -> np.ndarray:
+    """scipy.signal.firwin(numtaps, cutoff, window=("kaiser", beta)): a windowed-sinc low-pass, cutoff
+    relative to Nyquist, scaled to unit gain at DC; same float64 operations in the same order."""
+    m = np.arange(numtaps, dtype=np.float64) - 0.5 * (numtaps - 1)
+    h = cutoff * np.sinc(cutoff * m)
+    alpha = (numtaps - 1) / 2.0
+    n = np.arange(numtaps, dtype=np.float64)
+    h *= np.i0(beta * np.sqrt(1 - ((n - alpha) / alpha) ** 2.0)) / np.i0(np.float64(beta))
+    return h / np.sum(h)
+
+
+def resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
+    """scipy.signal.resample_poly(x, up, down) for float32 mono `x` with its defaults (Kaiser window,
+    beta 5, zero padding): upsample by `up`, low-pass, keep every `down`-th sample, aligned so that the
+    first output is the first input.
+
+    The reference resamples voice prompts with scipy, but importing scipy.signal costs more memory and
+    start-up time than the rest of the runtime. This computes the same filter and sums each output's products in
+    float32 in scipy's upfirdn order (oldest input first), so the samples are bit-identical to scipy's
+    (tests/test_resample.py checks that against scipy)."""
+    g = math.gcd(up, down)
+    up, down = up // g, down // g
+    if up == down == 1:
+        return x.copy()
+    n_in = x.shape[0]
+    n_out = -(-n_in * up // down)
+    max_rate = max(up, down)
+    half_len = 10 * max_rate  # scipy's filter length: 10 zero crossings of the sinc on each side
+    h = kaiser_lowpass(2 * half_len + 1, 1.0 / max_rate).astype(np.float32)
+    h *= up
+    # Zeros before the filter put the kept outputs' centre on the input samples (scipy's n_pre_pad),
+    # zeros after it make whole phases; `taps` is the number of coefficients per phase.
+    pre_pad = down - half_len % down
+    first = (half_len + pre_pad) // down
+    taps = -(-(pre_pad + h.shape[0]) // up)
+    padded = np.zeros(taps * up, np.float32)
+    padded[pre_pad : pre_pad + h.shape[0]] = h
+    by_lag = padded.reshape(taps, up)  # by_lag[lag, p]: the coefficient of x[i - lag] in phase p
+    # Output k of the full up-filter-down chain is sum over lag of by_lag[lag, p] * x[i - lag] with
+    # i, p = divmod(k * down, up); the kept outputs are k = first .. first + n_out - 1.
+    i, p = np.divmod(np.arange(first, first + n_out, dtype=np.int64) * down, up)
+    tail = max(0, int(i[-1]) + 1 - n_in)
+    xpad = np.concatenate([np.zeros(taps, np.float32), x, np.zeros(tail, np.float32)])
+    out = np.zeros(n_out, np.float32)
+    term = np.empty(n_out, np.float32)
+    for lag in range(taps - 1, -1, -1):
+        np.take(xpad[taps - lag :], i, out=term)
+        term *= by_lag[lag].take(p) if up > 1 else by_lag[lag, 0]  # one phase: one coefficient per lag
+        out += term
+    return out
 
 
 def end_on_pause(
