@@ -144,6 +144,16 @@ class FlowLM:
         self.kv.reset()
         self.kv.advance(snap.n_rows)
 
+    def rewind(self, n_rows: int) -> None:
+        """Keep only the first `n_rows` rows. The cache is causal, so those rows are exactly what they
+        were, and a prompt appended now gives what it would have given right after them: text can be
+        prefilled in pieces and a wrongly guessed tail taken back. The dropped slots keep their finite
+        values, masked until written again."""
+        if not 0 <= n_rows <= self.offset:
+            raise GenerationError(f"cannot rewind a cache of {self.offset} rows to {n_rows}")
+        self.kv.reset()
+        self.kv.advance(n_rows)
+
     def voice_prompt(self, latents: np.ndarray, noise: np.ndarray | None = None, stages: bool = False) -> FlowLMOutput:
         """The voice rows ([bos_before_voice |] latents @ speaker_proj^T) into an empty cache."""
         if latents.ndim != 2 or latents.shape[1] != self.cfg.mimi.speaker_dim or latents.shape[0] < 1:

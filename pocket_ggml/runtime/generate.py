@@ -58,6 +58,31 @@ def generate_latents(
         raise GenerationError("the EOS threshold is NaN")
     flow_lm.restore(voice, extra_rows=len(tokens) + max_frames)
     flow_lm.text_prompt(tokens)
+    yield from latents_after_prompt(
+        flow_lm,
+        noise,
+        eos_threshold=eos_threshold,
+        frames_after_eos=frames_after_eos,
+        max_frames=max_frames,
+        should_stop=should_stop,
+    )
+
+
+def latents_after_prompt(
+    flow_lm: FlowLM,
+    noise: NoiseSource,
+    *,
+    eos_threshold: float,
+    frames_after_eos: int,
+    max_frames: int,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Iterator[Frame]:
+    """Latent frames from the cache as it stands (voice and text prompted, with room for
+    `max_frames` more rows): the loop of `generate_latents`, for a prompt made in pieces."""
+    if max_frames < 0 or frames_after_eos < 0:
+        raise GenerationError("max_frames and frames_after_eos must be >= 0")
+    if math.isnan(eos_threshold):
+        raise GenerationError("the EOS threshold is NaN")
     latent: np.ndarray | None = None  # None: the BOS row
     eos_frame: int | None = None
     for step in range(max_frames):
