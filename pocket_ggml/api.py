@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,10 @@ import numpy as np
 from pocket_ggml.errors import PocketError
 from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.runtime.flow_lm import sample_noise
+from pocket_ggml.runtime.generate import Frame
 from pocket_ggml.runtime.model import GenerationSettings, PocketRuntime
-from pocket_ggml.runtime.text import MAX_TOKENS_PER_CHUNK, split_into_best_sentences
+from pocket_ggml.runtime.prefill import IncrementalPrompt
+from pocket_ggml.runtime.text import MAX_TOKENS_PER_CHUNK, SentenceStream, TextError, split_into_best_sentences
 from pocket_ggml.voices.state import VoiceState, VoiceStateError, load_voice_state, save_voice_state
 from pocket_ggml.voices.store import resolve_model, stored_voice
 
@@ -288,6 +290,128 @@ class TTSModel:
                     _drain(hidden, worker)
                 if failure:
                     raise failure[0]
+
+    def generate_audio_for_text_stream(
+        self,
+        model_state: VoiceState,
+        text_stream: Iterable[str],
+        *,
+        max_tokens: int | None = None,
+        frames_after_eos: int | None = None,
+        stop: threading.Event | None = None,
+        seed: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Audio chunks for a text that arrives in pieces (`text_stream`: e.g. an LLM's tokens, or
+        words as they are typed), spoken sentence by sentence as each one ends.
+
+        A sentence ends where `generate_audio_stream` would end it (after . ! or ?, never at a
+        decimal point) once the whitespace after it has arrived, or when `text_stream` is exhausted;
+        each sentence is then spoken exactly as `generate_audio_stream(model_state, sentence)` speaks
+        it (same chunks, same tokens, same noise from the same seed), so sentences are not grouped
+        into chunks as they are in a whole text. While a sentence is being written, the FlowLM is
+        prompted with its complete words (those followed by whitespace) as far as the text rules
+        and the tokenizer leave them settled, so that when it ends only its last few tokens, one
+        FlowLM step and one Mimi frame stand between it and its first audio. Pieces are read in the
+        caller's thread, between sentences: a slow `text_stream` only delays what comes after it."""
+        if not isinstance(model_state, VoiceState):
+            raise VoiceStateError("model_state must come from get_state_for_audio_prompt or load_voice_state")
+        self._checked(model_state)
+        if isinstance(text_stream, str):
+            text_stream = (text_stream,)
+        max_tokens = self._max_tokens if max_tokens is None else max_tokens
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ParameterError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        settings = self._settings
+        if frames_after_eos is not None:
+            settings = GenerationSettings(
+                settings.temperature, settings.eos_threshold, settings.noise_clamp, frames_after_eos
+            )
+        rng = self._rng if seed is None else np.random.default_rng(seed)
+        return self._speak_text_stream(
+            model_state, iter(text_stream), settings, rng, stop or threading.Event(), max_tokens
+        )
+
+    def _speak_text_stream(
+        self,
+        voice: VoiceState,
+        pieces: Iterator[str],
+        settings: GenerationSettings,
+        rng: np.random.Generator,
+        stop: threading.Event,
+        max_tokens: int,
+    ) -> Iterator[np.ndarray]:
+        with self._exclusive():
+            sentences = SentenceStream(self._rt.tokenizer, self._rt.config.text)
+            prompt = IncrementalPrompt(self._rt, voice.snapshot, max_tokens)
+            while not stop.is_set():
+                piece = next(pieces, None)
+                if piece is None:
+                    rest = sentences.close()
+                    if rest is not None:
+                        yield from self._speak_sentence(prompt, rest, settings, rng, stop)
+                    return
+                if not isinstance(piece, str):
+                    raise ParameterError(f"text pieces must be strings, got {type(piece).__name__}")
+                for sentence in sentences.feed(piece):
+                    yield from self._speak_sentence(prompt, sentence, settings, rng, stop)
+                if sentences.pending.strip() and not stop.is_set():
+                    prompt.update(sentences.pending)
+
+    def _speak_sentence(
+        self,
+        prompt: IncrementalPrompt,
+        sentence: str,
+        settings: GenerationSettings,
+        rng: np.random.Generator,
+        stop: threading.Event,
+    ) -> Iterator[np.ndarray]:
+        try:
+            chunks = prompt.chunks(sentence)
+        except TextError:  # nothing to say (e.g. a lone quote the text rules delete)
+            return
+        dim = self._rt.config.mimi.latent_dim
+
+        def noise() -> np.ndarray:
+            return sample_noise(rng, dim, settings.temperature, settings.noise_clamp)
+
+        for tokens, words_guess in chunks:
+            if stop.is_set():
+                return
+            yield from self._decode_frames(
+                lambda halted, tokens=tokens, guess=words_guess: prompt.frames(tokens, guess, settings, noise, halted),
+                stop,
+            )
+
+    def _decode_frames(
+        self, make_frames: Callable[[Callable[[], bool]], Iterator[Frame]], stop: threading.Event
+    ) -> Iterator[np.ndarray]:
+        """Audio of one chunk's frames, as `_stream` makes it: the worker thread runs `make_frames`
+        (the FlowLM) and the first half of the Mimi decoder, the caller's thread the rest."""
+        hidden: queue.Queue = queue.Queue(maxsize=4)
+        failure: list[BaseException] = []
+        halt = threading.Event()  # this chunk is over: the consumer stopped or left
+        mimi = self._rt.mimi
+
+        def produce() -> None:
+            try:
+                for frame in make_frames(lambda: halt.is_set() or stop.is_set()):
+                    hidden.put(mimi.transform(frame.latent[None, :]))
+            except BaseException as e:  # handed to the consumer, raised there
+                failure.append(e)
+            finally:
+                hidden.put(None)
+
+        worker = threading.Thread(target=produce, name="pocket-flow-lm", daemon=True)
+        mimi.reset()
+        worker.start()
+        try:
+            while (steps := hidden.get()) is not None and not stop.is_set():
+                yield mimi.synthesize(steps)
+        finally:
+            halt.set()
+            _drain(hidden, worker)
+        if failure:
+            raise failure[0]
 
     def _exclusive(self):
         model = self
