@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -38,13 +40,47 @@ def _write_audio(path: Path, audio: np.ndarray, rate: int) -> None:
         raise
 
 
+class _StdinPieces:
+    """Standard input as it arrives, not line by line: the words of a line still being written are
+    prompted as they come (a writer that flushes word by word gets its sentence's first audio
+    within a frame of its end). A line break ends the text in progress, so a line without final
+    punctuation is still spoken when it ends."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.buffer = ""
+        self.eof = False
+
+    @property
+    def done(self) -> bool:
+        return self.eof and not self.buffer
+
+    def line(self) -> Iterator[str]:
+        """The pieces of the next line, as they are read."""
+        while True:
+            if self.buffer:
+                head, newline, self.buffer = self.buffer.partition("\n")
+                if head:
+                    yield head
+                if newline:
+                    return
+            if self.eof:
+                return
+            data = os.read(self.fd, 65536)  # whatever the pipe holds, as soon as it holds anything
+            self.eof = not data
+            self.buffer += self.decoder.decode(data, final=self.eof)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--text", help="the text to speak (default: read standard input)")
 @click.option("--voice", help="audio file to clone, a voice stored in the model, or a voice-state .safetensors")
 @click.option("--model", help="pocket-tts GGUF (default: the synthetic english model, not speech)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="write a .wav, .flac or .ogg file")
 @click.option(
-    "--stream", is_flag=True, help="raw 16-bit PCM on stdout as it is made; with stdin, speak each line as it arrives"
+    "--stream",
+    is_flag=True,
+    help="raw 16-bit PCM on stdout as it is made; with stdin, speak each sentence as it ends (a line break ends one)",
 )
 @click.option("--temperature", "--temp", "temp", type=float, help="sampling temperature (default: the model's)")
 @click.option("--lsd-decode-steps", type=int, default=1, show_default=True)
@@ -168,13 +204,13 @@ def _run(
         voice = tts.voice_names[0]
     state = tts.get_state_for_audio_prompt(voice)
 
-    if stream and text is None:  # speak each line of stdin as it arrives
+    if stream and text is None:  # speak stdin as it arrives, each sentence once it ends
         out = sys.stdout.buffer
-        for line in sys.stdin:
-            if line.strip():
-                for chunk in tts.generate_audio_stream(state, line):
-                    out.write(_pcm16(chunk))
-                    out.flush()
+        stdin = _StdinPieces(sys.stdin.fileno())
+        while not stdin.done:
+            for chunk in tts.generate_audio_for_text_stream(state, stdin.line()):
+                out.write(_pcm16(chunk))
+                out.flush()
         return
     if text is None:
         text = sys.stdin.read()
