@@ -28,7 +28,13 @@ from pocket_ggml.runtime.flow_lm import sample_noise
 from pocket_ggml.runtime.generate import Frame
 from pocket_ggml.runtime.model import GenerationSettings, PocketRuntime
 from pocket_ggml.runtime.prefill import IncrementalPrompt
-from pocket_ggml.runtime.text import MAX_TOKENS_PER_CHUNK, SentenceStream, TextError, split_into_best_sentences
+from pocket_ggml.runtime.text import (
+    MAX_TOKENS_PER_CHUNK,
+    SentenceStream,
+    TextError,
+    shorten_first_chunk,
+    split_into_best_sentences,
+)
 from pocket_ggml.voices.state import VoiceState, VoiceStateError, load_voice_state, save_voice_state
 from pocket_ggml.voices.store import resolve_model, stored_voice
 
@@ -224,10 +230,18 @@ class TTSModel:
         frames_after_eos: int | None = None,
         stop: threading.Event | None = None,
         seed: int | None = None,
+        first_chunk_tokens: int | None = None,
     ) -> Iterator[np.ndarray]:
         """Audio chunks (one latent frame, 80 ms, each) as they are decoded. The FlowLM and the Mimi
         decoder's transformer run on a worker thread ahead of the SEANet decoder, which runs in the
-        caller's thread; setting `stop` ends within a frame."""
+        caller's thread; setting `stop` ends within a frame.
+
+        `first_chunk_tokens` (off by default: the reference's chunking) trades the reference's
+        chunking for first-audio latency: a first chunk prompted with more tokens than this is cut
+        short at its last clause end (, ; : or a dash) within the budget, else at a word boundary,
+        so that its text prompt is short. This changes where the chunks split: the head is spoken
+        as a chunk of its own, ended with a period by the text rules, and the rest of that chunk
+        follows as the next one."""
         if not isinstance(model_state, VoiceState):
             raise VoiceStateError("model_state must come from get_state_for_audio_prompt or load_voice_state")
         self._checked(model_state)
@@ -244,6 +258,14 @@ class TTSModel:
                 settings.temperature, settings.eos_threshold, settings.noise_clamp, frames_after_eos
             )
         chunks = split_into_best_sentences(self._rt.tokenizer, text_to_generate, self._rt.config.text, max_tokens)
+        if first_chunk_tokens is not None:
+            if (
+                isinstance(first_chunk_tokens, bool)
+                or not isinstance(first_chunk_tokens, int)
+                or first_chunk_tokens < 1
+            ):
+                raise ParameterError(f"first_chunk_tokens must be a positive integer, got {first_chunk_tokens!r}")
+            chunks = shorten_first_chunk(self._rt.tokenizer, chunks, self._rt.config.text, first_chunk_tokens)
         return self._stream(model_state, chunks, settings, rng, stop)
 
     def _stream(

@@ -264,3 +264,33 @@ def stable_prompt_tokens(tok: Tokenizer, partial: str, rules: TextRules, max_tok
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return a[:n]
+
+
+_CLAUSE_END = re.compile(r"[,;:\u2013\u2014-][\"'\u201d\u2019)\]\u00bb]*$")
+
+
+def shorten_first_chunk(tok: Tokenizer, chunks: list[str], rules: TextRules, first_chunk_tokens: int) -> list[str]:
+    """`chunks` with the first one cut in two when it is prompted with more than
+    `first_chunk_tokens` tokens: the head ends at the last clause end (, ; : or a dash) that keeps it
+    within the budget and holds at least half the words that fit, else at the last word that fits
+    (at least one word). This changes where the
+    chunks split: the head is spoken as a chunk of its own, which the text rules end with a period
+    (as they end the clauses a long sentence is split into), and the rest starts the next chunk."""
+    if first_chunk_tokens < 1:
+        raise TextError(f"first_chunk_tokens must be at least 1, got {first_chunk_tokens}")
+    if not chunks:
+        return chunks
+
+    def n_tokens(text: str) -> int:
+        return len(tok.encode(prepare_text_prompt(text, rules).text))
+
+    words = chunks[0].split()
+    if n_tokens(chunks[0]) <= first_chunk_tokens or len(words) < 2:
+        return chunks
+    fit = 1
+    while fit + 1 < len(words) and n_tokens(" ".join(words[: fit + 1])) <= first_chunk_tokens:
+        fit += 1
+    # a clause end, unless it keeps less than half of what fits: "Well," alone is no better a chunk
+    # than the words that fit
+    cut = next((i for i in range(fit, (fit + 1) // 2 - 1, -1) if i and _CLAUSE_END.search(words[i - 1])), fit)
+    return [" ".join(words[:cut]), " ".join(words[cut:]), *chunks[1:]]
