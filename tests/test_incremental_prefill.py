@@ -34,27 +34,31 @@ def _voice(flm: FlowLM):
     return flm.snapshot()
 
 
-def _prefill_and_run(flm: FlowLM, voice, pieces: list[np.ndarray], wrong: np.ndarray | None = None):
+def _prefill_and_run(
+    flm: FlowLM, voice, pieces: list[np.ndarray], wrong: np.ndarray | None = None, last_with_step: bool = False
+):
     """Restore `voice`, prompt the pieces in turn (after each, optionally a wrongly guessed tail
-    that is then taken back), and run FRAMES steps with seeded noise."""
+    that is then taken back; the last one, optionally, in one call with the first step), and run
+    FRAMES steps with seeded noise. The snapshot holds the text rows (and the BOS row)."""
     flm.restore(voice, extra_rows=sum(len(p) for p in pieces) + FRAMES + (0 if wrong is None else len(wrong)))
-    for piece in pieces:
+    for piece in pieces[:-1] if last_with_step else pieces:
         flm.text_prompt(piece)
         if wrong is not None:
             kept = flm.offset
             flm.text_prompt(wrong)
             flm.rewind(kept)
-    snap = flm.snapshot()
     rng = np.random.default_rng(11)
-    frames = list(
-        latents_after_prompt(
-            flm,
-            lambda: (rng.standard_normal(flm.latent_dim) * 0.5).astype(np.float32),
-            eos_threshold=np.inf,
-            frames_after_eos=0,
-            max_frames=FRAMES,
-        )
+    frames = latents_after_prompt(
+        flm,
+        lambda: (rng.standard_normal(flm.latent_dim) * 0.5).astype(np.float32),
+        eos_threshold=np.inf,
+        frames_after_eos=0,
+        max_frames=FRAMES,
+        first_step=(lambda noise: flm.text_prompt_and_step(pieces[-1], noise)) if last_with_step else None,
     )
+    first = next(frames)
+    snap = flm.snapshot()
+    frames = [first, *frames]
     return snap, np.stack([f.latent for f in frames]), np.array([f.eos_logit for f in frames])
 
 
@@ -78,8 +82,10 @@ def test_text_prefilled_in_pieces_is_the_one_shot_prefill(runtime):
     wrong = np.array([7, 7, 300], np.int32)
     runs = [_prefill_and_run(flm, voice, pieces) for pieces in cuts]
     runs.append(_prefill_and_run(flm, voice, np.split(tokens, [3, 6]), wrong=wrong))
+    runs.append(_prefill_and_run(flm, voice, np.split(tokens, [4, len(tokens) - 2]), last_with_step=True))
+    runs.append(_prefill_and_run(flm, voice, [tokens], last_with_step=True))
     for snap, latents, eos in runs:
-        assert snap.n_rows == voice.n_rows + len(tokens)
+        assert snap.n_rows == voice.n_rows + len(tokens) + 1
         assert _row_errors(snap, one_shot[0], voice.n_rows) <= PIECES_TOL
         for i in range(FRAMES):
             assert rel_err(latents[i], one_shot[1][i]) <= PIECES_TOL, f"frame {i}"

@@ -169,6 +169,15 @@ class FlowLM:
             raise GenerationError("text tokens must be a non-empty 1-D array of ids within the vocabulary")
         return self._call(("text", tokens), None, tokens.size, noise, stages)
 
+    def text_prompt_and_step(self, tokens: np.ndarray, noise: np.ndarray | None = None) -> FlowLMOutput:
+        """The last text tokens and the BOS row in one call: what `text_prompt(tokens)` then
+        `step(None, noise)` give, with one graph instead of two, where the first audio waits on it."""
+        tokens = np.asarray(tokens, dtype=np.int32)
+        if tokens.ndim != 1 or tokens.size == 0 or tokens.min() < 0 or tokens.max() > self.cfg.flow_lm.n_bins:
+            raise GenerationError("text tokens must be a non-empty 1-D array of ids within the vocabulary")
+        bos = replace_nan_with_bos(np.full((1, self.latent_dim), np.nan, np.float32), self.bos_emb)
+        return self._call(("text", tokens), bos, tokens.size + 1, noise, False)
+
     def step(self, latent: np.ndarray | None, noise: np.ndarray | None = None, stages: bool = False) -> FlowLMOutput:
         """One latent row (None: the BOS row) -> the next latent and the EOS logit."""
         row = np.full((1, self.latent_dim), np.nan, np.float32) if latent is None else latent.reshape(1, -1)

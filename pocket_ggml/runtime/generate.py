@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pocket_ggml.runtime.flow_lm import FlowLM, FlowLMSnapshot, GenerationError
+from pocket_ggml.runtime.flow_lm import FlowLM, FlowLMOutput, FlowLMSnapshot, GenerationError
 
 MIN_FRAMES_BEFORE_EOS = 6  # before speech starts, some voices' EOS logit crosses the threshold
 TOKENS_PER_SECOND_ESTIMATE = 3.0
@@ -76,9 +76,11 @@ def latents_after_prompt(
     frames_after_eos: int,
     max_frames: int,
     should_stop: Callable[[], bool] = lambda: False,
+    first_step: Callable[[np.ndarray], FlowLMOutput] | None = None,
 ) -> Iterator[Frame]:
     """Latent frames from the cache as it stands (voice and text prompted, with room for
-    `max_frames` more rows): the loop of `generate_latents`, for a prompt made in pieces."""
+    `max_frames` more rows): the loop of `generate_latents`, for a prompt made in pieces.
+    `first_step(noise)` replaces the first (BOS) step, e.g. `FlowLM.text_prompt_and_step`."""
     if max_frames < 0 or frames_after_eos < 0:
         raise GenerationError("max_frames and frames_after_eos must be >= 0")
     if math.isnan(eos_threshold):
@@ -88,7 +90,10 @@ def latents_after_prompt(
     for step in range(max_frames):
         if should_stop():
             return
-        out = flow_lm.step(latent, noise())
+        if step == 0 and first_step is not None:
+            out = first_step(noise())
+        else:
+            out = flow_lm.step(latent, noise())
         if out.eos_logit > eos_threshold and eos_frame is None and step >= MIN_FRAMES_BEFORE_EOS:
             eos_frame = step
         if eos_frame is not None and step >= eos_frame + frames_after_eos:

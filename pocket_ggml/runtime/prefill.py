@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from pocket_ggml.runtime.flow_lm import FlowLMSnapshot
+import numpy as np
+
+from pocket_ggml.runtime.flow_lm import FlowLMOutput, FlowLMSnapshot
 from pocket_ggml.runtime.generate import (
     Frame,
     NoiseSource,
@@ -58,13 +60,20 @@ class IncrementalPrompt:
         should_stop: Callable[[], bool] = lambda: False,
     ) -> Iterator[Frame]:
         """Latent frames of one chunk: `tokens` prompted (what is not in the cache yet), then the
-        generation loop, with `generate_latents`' frame cap and frames after EOS."""
-        self._prompt(tokens)
+        generation loop, with `generate_latents`' frame cap and frames after EOS. The tokens not in
+        the cache yet go in with the first step, in one call."""
         max_frames = settings.max_frames
         if max_frames is None:
             max_frames = estimate_max_frames(len(tokens), self.rt.config.mimi.frame_rate)
         flow_lm = self.rt.flow_lm
-        flow_lm.reserve(flow_lm.offset + max_frames)
+        tail = self._prompt(tokens, defer_tail=True)
+        flow_lm.reserve(flow_lm.offset + len(tail) + max_frames)
+
+        def first_step(noise: np.ndarray) -> FlowLMOutput:
+            out = flow_lm.text_prompt_and_step(np.asarray(tail, np.int32), noise)
+            self.prompted = list(tokens)
+            return out
+
         return latents_after_prompt(
             flow_lm,
             noise,
@@ -72,10 +81,12 @@ class IncrementalPrompt:
             frames_after_eos=frames_after_eos_for(words_guess, settings.frames_after_eos),
             max_frames=max_frames,
             should_stop=should_stop,
+            first_step=first_step if tail else None,
         )
 
-    def _prompt(self, tokens: list[int]) -> None:
-        """Make the cache hold the voice then `tokens`: keep the common prefix, prompt the rest."""
+    def _prompt(self, tokens: list[int], defer_tail: bool = False) -> list[int]:
+        """Make the cache hold the voice then `tokens`: keep the common prefix, prompt the rest (or,
+        with `defer_tail`, return the rest for the caller to prompt)."""
         flow_lm = self.rt.flow_lm
         if not self._restored:
             # Room for a full chunk and its frames, so that the cache rarely has to grow mid-sentence.
@@ -88,7 +99,10 @@ class IncrementalPrompt:
             kept += 1
         flow_lm.rewind(self.voice.n_rows + kept)  # also drops the frames of a chunk spoken before
         self.prompted = list(tokens[:kept])
-        if kept < len(tokens):
-            flow_lm.reserve(flow_lm.offset + len(tokens) - kept)
-            flow_lm.text_prompt(tokens[kept:])
+        tail = list(tokens[kept:])
+        if tail and not defer_tail:
+            flow_lm.reserve(flow_lm.offset + len(tail))
+            flow_lm.text_prompt(np.asarray(tail, np.int32))
             self.prompted = list(tokens)
+            return []
+        return tail
