@@ -56,8 +56,9 @@ def generate_latents(
         raise GenerationError("max_frames and frames_after_eos must be >= 0")
     if math.isnan(eos_threshold):
         raise GenerationError("the EOS threshold is NaN")
-    flow_lm.restore(voice, extra_rows=len(tokens) + max_frames)
-    flow_lm.text_prompt(tokens)
+    flow_lm.restore(voice, extra_rows=len(tokens) + 1 + max_frames)
+    # the text goes in with the first step, in one graph: one build and one launch fewer before
+    # the first audio
     yield from latents_after_prompt(
         flow_lm,
         noise,
@@ -65,6 +66,7 @@ def generate_latents(
         frames_after_eos=frames_after_eos,
         max_frames=max_frames,
         should_stop=should_stop,
+        first_step=lambda first_noise: flow_lm.text_prompt_and_step(tokens, first_noise),
     )
 
 
