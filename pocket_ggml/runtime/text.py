@@ -273,9 +273,9 @@ def shorten_first_chunk(tok: Tokenizer, chunks: list[str], rules: TextRules, fir
     """`chunks` with the first one cut in two when it is prompted with more than
     `first_chunk_tokens` tokens: the head ends at the last clause end (, ; : or a dash) that keeps it
     within the budget and holds at least half the words that fit, else at the last word that fits
-    (at least one word). This changes where the
-    chunks split: the head is spoken as a chunk of its own, which the text rules end with a period
-    (as they end the clauses a long sentence is split into), and the rest starts the next chunk."""
+    (at least one word). This changes where the chunks split: the head is spoken as a chunk of its
+    own, which the text rules end with a period (as they end the clauses a long sentence is split
+    into), and the rest starts the next chunk."""
     if first_chunk_tokens < 1:
         raise TextError(f"first_chunk_tokens must be at least 1, got {first_chunk_tokens}")
     if not chunks:
