@@ -340,6 +340,12 @@ class TTSModel:
         self._checked(model_state)
         if isinstance(text_stream, str):
             text_stream = (text_stream,)
+        try:
+            pieces = iter(text_stream)
+        except TypeError:
+            raise ParameterError(
+                f"text_stream must be an iterable of strings, got {type(text_stream).__name__}"
+            ) from None
         max_tokens = self._max_tokens if max_tokens is None else max_tokens
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise ParameterError(f"max_tokens must be a positive integer, got {max_tokens!r}")
@@ -349,9 +355,7 @@ class TTSModel:
                 settings.temperature, settings.eos_threshold, settings.noise_clamp, frames_after_eos
             )
         rng = self._rng if seed is None else np.random.default_rng(seed)
-        return self._speak_text_stream(
-            model_state, iter(text_stream), settings, rng, stop or threading.Event(), max_tokens
-        )
+        return self._speak_text_stream(model_state, pieces, settings, rng, stop or threading.Event(), max_tokens)
 
     def _speak_text_stream(
         self,
