@@ -370,8 +370,8 @@ class TTSModel:
             sentences = SentenceStream(self._rt.tokenizer, self._rt.config.text)
             prompt = IncrementalPrompt(self._rt, voice.snapshot, max_tokens)
             while not stop.is_set():
-                piece = next(pieces, None)
-                if piece is None:
+                piece = next(pieces, _END)
+                if piece is _END:
                     rest = sentences.close()
                     if rest is not None:
                         yield from self._speak_sentence(prompt, rest, settings, rng, stop)
@@ -454,6 +454,9 @@ class TTSModel:
 
     def close(self) -> None:
         self._rt.close()
+
+
+_END = object()  # the end of a text stream
 
 
 def _drain(queued: queue.Queue, worker: threading.Thread) -> None:

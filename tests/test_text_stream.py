@@ -152,6 +152,8 @@ def test_bad_pieces_are_parameter_errors(gguf, voice_wav):
     with pytest.raises(ParameterError):
         list(model.generate_audio_for_text_stream(voice, ["Hello ", 3]))
     with pytest.raises(ParameterError):
+        list(model.generate_audio_for_text_stream(voice, ["Hello ", None]))
+    with pytest.raises(ParameterError):
         list(model.generate_audio_for_text_stream(voice, ["Hello."], max_tokens=0))
     with pytest.raises(ParameterError):
         model.generate_audio_for_text_stream(voice, 42)
