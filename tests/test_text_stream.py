@@ -3,7 +3,6 @@ they are written, and spoken exactly as `generate_audio_stream` speaks each sent
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from _ggml_parity import rel_err
 from _parity_runs import synthetic_model
