@@ -412,15 +412,24 @@ class TTSModel:
         self, make_frames: Callable[[Callable[[], bool]], Iterator[Frame]], stop: threading.Event
     ) -> Iterator[np.ndarray]:
         """Audio of one chunk's frames, as `_stream` makes it: the worker thread runs `make_frames`
-        (the FlowLM) and the first half of the Mimi decoder, the caller's thread the rest."""
+        (the FlowLM) and the first half of the Mimi decoder, the caller's thread the rest. The
+        first frame's FlowLM step and first half are computed here, before the worker starts: no
+        thread start or hand-over between the chunk's text and its first audio (on a busy machine
+        each wake-up waits for a time slice)."""
         hidden: queue.Queue = queue.Queue(maxsize=4)
         failure: list[BaseException] = []
         halt = threading.Event()  # this chunk is over: the consumer stopped or left
         mimi = self._rt.mimi
+        mimi.reset()
+        frames = make_frames(lambda: halt.is_set() or stop.is_set())
+        first = next(frames, None)
+        if first is None:
+            return
+        first_steps = mimi.transform(first.latent[None, :])
 
         def produce() -> None:
             try:
-                for frame in make_frames(lambda: halt.is_set() or stop.is_set()):
+                for frame in frames:
                     hidden.put(mimi.transform(frame.latent[None, :]))
             except BaseException as e:  # handed to the consumer, raised there
                 failure.append(e)
@@ -428,11 +437,12 @@ class TTSModel:
                 hidden.put(None)
 
         worker = threading.Thread(target=produce, name="pocket-flow-lm", daemon=True)
-        mimi.reset()
         worker.start()
         try:
-            while (steps := hidden.get()) is not None and not stop.is_set():
+            steps = first_steps
+            while steps is not None and not stop.is_set():
                 yield mimi.synthesize(steps)
+                steps = hidden.get()
         finally:
             halt.set()
             _drain(hidden, worker)
