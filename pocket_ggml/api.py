@@ -24,7 +24,7 @@ import itertools
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -34,9 +34,17 @@ import numpy as np
 from pocket_ggml.errors import ParameterError, PocketError
 from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.runtime.flow_lm import sample_noise
+from pocket_ggml.runtime.generate import Frame
 from pocket_ggml.runtime.markup import Pause, Segment, parse_markup, spoken_text
 from pocket_ggml.runtime.model import GenerationSettings, PocketRuntime
-from pocket_ggml.runtime.text import MAX_TOKENS_PER_CHUNK, TextError, split_into_best_sentences
+from pocket_ggml.runtime.prefill import IncrementalPrompt
+from pocket_ggml.runtime.text import (
+    MAX_TOKENS_PER_CHUNK,
+    SentenceStream,
+    TextError,
+    shorten_first_chunk,
+    split_into_best_sentences,
+)
 from pocket_ggml.runtime.timestamps import (
     ChunkTimestamps,
     TimestampChunk,
@@ -277,6 +285,7 @@ class TTSModel:
         seed: int | None = None,
         markup: bool = True,
         timestamps: bool = False,
+        first_chunk_tokens: int | None = None,
     ) -> Iterator[np.ndarray | WordStart | WordEnd]:
         """Audio chunks (one latent frame, 80 ms, each) as they are decoded. The FlowLM and the Mimi
         decoder's transformer run on a worker thread ahead of the SEANet decoder, which runs in the
@@ -293,7 +302,14 @@ class TTSModel:
         With `timestamps`, `WordStart` and `WordEnd` events come in the stream too, each before the
         audio chunk of the frame it happened at (a word still open when a text chunk's audio ends,
         or the stream is stopped, ends there). Their times, in seconds, count every sample yielded
-        before them. A config without timestamp heads raises `TimestampsUnavailable`."""
+        before them. A config without timestamp heads raises `TimestampsUnavailable`.
+
+        `first_chunk_tokens` (off by default: the reference's chunking) trades the reference's
+        chunking for first-audio latency: a first chunk prompted with more tokens than this is cut
+        short at its last clause end (, ; : or a dash) within the budget, else at a word boundary,
+        so that its text prompt is short. This changes where the chunks split: the head is spoken
+        as a chunk of its own, ended with a period by the text rules, and the rest of that chunk
+        follows as the next one."""
         if not isinstance(model_state, VoiceState):
             raise VoiceStateError("model_state must come from get_state_for_audio_prompt or load_voice_state")
         self._checked(model_state)
@@ -313,9 +329,15 @@ class TTSModel:
             )
         if not isinstance(timestamps, bool):
             raise ParameterError(f"timestamps must be True or False, got {timestamps!r}")
+        if first_chunk_tokens is not None and (
+            isinstance(first_chunk_tokens, bool) or not isinstance(first_chunk_tokens, int) or first_chunk_tokens < 1
+        ):
+            raise ParameterError(f"first_chunk_tokens must be a positive integer, got {first_chunk_tokens!r}")
         heads = timestamp_heads(self._rt.config.name) if timestamps else ()
         segments = parse_markup(text_to_generate) if markup else [text_to_generate]
         chunks = self._chunks(segments, max_tokens)
+        if first_chunk_tokens is not None and isinstance(chunks[0], str):
+            chunks = shorten_first_chunk(self._rt.tokenizer, chunks, self._rt.config.text, first_chunk_tokens)
         word_chunks = None
         if heads:
             text_chunks = [chunk for chunk in chunks if not isinstance(chunk, Silence)]
@@ -381,20 +403,153 @@ class TTSModel:
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """(audio, the timestamp heads' attention scores or None) of each frame of one text chunk."""
         dim = self._rt.config.mimi.latent_dim
-        # Two threads per chunk, each a fixed share of a frame: the worker runs the FlowLM step and the
-        # first half of the Mimi decoder (up to the middle of its transformer), the consumer the rest
-        # (the other transformer layers, the SEANet). On two cores this halves what one core does per
-        # frame.
+
+        def frames(halted: Callable[[], bool]) -> Iterator[Frame]:
+            noise = lambda: sample_noise(rng, dim, settings.temperature, settings.noise_clamp)  # noqa: E731
+            return self._rt.frames(voice.snapshot, text, settings, noise, should_stop=halted, text_heads=heads)
+
+        return self._decode_frames(frames, stop)
+
+    def generate_audio_for_text_stream(
+        self,
+        model_state: VoiceState,
+        text_stream: Iterable[str],
+        *,
+        max_tokens: int | None = None,
+        frames_after_eos: int | None = None,
+        stop: threading.Event | None = None,
+        seed: int | None = None,
+        markup: bool = True,
+    ) -> Iterator[np.ndarray]:
+        """Audio chunks for a text that arrives in pieces (`text_stream`: e.g. an LLM's tokens, or
+        words as they are typed), spoken sentence by sentence as each one ends.
+
+        A sentence ends where `generate_audio_stream` would end it (after . ! or ?, never at a
+        decimal point) once the whitespace after it has arrived, or when `text_stream` is exhausted;
+        each sentence is then spoken exactly as `generate_audio_stream(model_state, sentence)` speaks
+        it (same chunks, same tokens, same noise from the same seed), so sentences are not grouped
+        into chunks as they are in a whole text. While a sentence is being written, the FlowLM is
+        prompted with its complete words (those followed by whitespace) as far as the text rules
+        and the tokenizer leave them settled, so that when it ends only its last few tokens, one
+        FlowLM step and one Mimi frame stand between it and its first audio. Pieces are read in the
+        caller's thread, between sentences: a slow `text_stream` only delays what comes after it.
+
+        With `markup`, each sentence's pauses are played as `generate_audio_stream` plays them (a
+        `<speak>` wrapper must then open and close within one sentence); a sentence whose markup is
+        malformed raises `MarkupError` when it ends, after the audio of the sentences before it."""
+        if not isinstance(model_state, VoiceState):
+            raise VoiceStateError("model_state must come from get_state_for_audio_prompt or load_voice_state")
+        self._checked(model_state)
+        if isinstance(text_stream, str):
+            text_stream = (text_stream,)
+        try:
+            pieces = iter(text_stream)
+        except TypeError:
+            raise ParameterError(
+                f"text_stream must be an iterable of strings, got {type(text_stream).__name__}"
+            ) from None
+        if not isinstance(markup, bool):
+            raise ParameterError(f"markup must be True or False, got {markup!r}")
+        max_tokens = self._max_tokens if max_tokens is None else max_tokens
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ParameterError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        settings = self._settings
+        if frames_after_eos is not None:
+            settings = GenerationSettings(
+                settings.temperature, settings.eos_threshold, settings.noise_clamp, frames_after_eos
+            )
+        rng = self._rng if seed is None else np.random.default_rng(seed)
+        stop = stop or threading.Event()
+        return self._speak_text_stream(model_state, pieces, settings, rng, stop, max_tokens, markup)
+
+    def _speak_text_stream(
+        self,
+        voice: VoiceState,
+        pieces: Iterator[str],
+        settings: GenerationSettings,
+        rng: np.random.Generator,
+        stop: threading.Event,
+        max_tokens: int,
+        markup: bool,
+    ) -> Iterator[np.ndarray]:
+        with self._exclusive():
+            sentences = SentenceStream(self._rt.tokenizer, self._rt.config.text)
+            prompt = IncrementalPrompt(self._rt, voice.snapshot, max_tokens)
+            while not stop.is_set():
+                piece = next(pieces, _END)
+                if piece is _END:
+                    rest = sentences.close()
+                    if rest is not None:
+                        yield from self._speak_sentence(prompt, rest, settings, rng, stop, markup)
+                    return
+                if not isinstance(piece, str):
+                    raise ParameterError(f"text pieces must be strings, got {type(piece).__name__}")
+                for sentence in sentences.feed(piece):
+                    yield from self._speak_sentence(prompt, sentence, settings, rng, stop, markup)
+                # A marker in the sentence so far would be prompted as text: wait for its end instead.
+                pending = sentences.pending
+                if pending.strip() and not stop.is_set() and not (markup and ("[" in pending or "<" in pending)):
+                    prompt.update(pending)
+
+    def _speak_sentence(
+        self,
+        prompt: IncrementalPrompt,
+        sentence: str,
+        settings: GenerationSettings,
+        rng: np.random.Generator,
+        stop: threading.Event,
+        markup: bool,
+    ) -> Iterator[np.ndarray]:
+        chunks: list[tuple[list[int], int] | Silence] = []
+        for segment in parse_markup(sentence) if markup else [sentence]:
+            if isinstance(segment, Pause):
+                chunks.append(Silence(segment.samples(self.sample_rate)))
+                continue
+            try:
+                chunks += prompt.chunks(segment)
+            except TextError:  # nothing to say (e.g. a lone quote the text rules delete)
+                pass
+        dim = self._rt.config.mimi.latent_dim
+
+        def noise() -> np.ndarray:
+            return sample_noise(rng, dim, settings.temperature, settings.noise_clamp)
+
+        for chunk in chunks:
+            if stop.is_set():
+                return
+            if isinstance(chunk, Silence):
+                yield from _silence(chunk.samples, self._rt.config.mimi.frame_size, stop)
+                continue
+            tokens, words_guess = chunk
+            frames = self._decode_frames(
+                lambda halted, tokens=tokens, guess=words_guess: prompt.frames(tokens, guess, settings, noise, halted),
+                stop,
+            )
+            for audio, _ in frames:
+                yield audio
+
+    def _decode_frames(
+        self, make_frames: Callable[[Callable[[], bool]], Iterator[Frame]], stop: threading.Event
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """(audio, the frame's `text_scores`) of one chunk's frames. Two threads, each a fixed share of a
+        frame: the worker runs `make_frames` (the FlowLM step) and the first half of the Mimi decoder (up to
+        the middle of its transformer), the caller's thread the rest (the other transformer layers, the
+        SEANet); on two cores this halves what one core does per frame. The first frame's FlowLM step and
+        first half are computed here, before the worker starts: no thread start or hand-over between the
+        chunk's text and its first audio (on a busy machine each wake-up waits for a time slice)."""
         hidden: queue.Queue = queue.Queue(maxsize=4)
         failure: list[BaseException] = []
         halt = threading.Event()  # this chunk is over: the consumer stopped or left
         mimi = self._rt.mimi
+        mimi.reset()
+        frames = make_frames(lambda: halt.is_set() or stop.is_set())
+        first = next(frames, None)
+        if first is None:
+            return
+        first_steps = mimi.transform(first.latent[None, :]), first.text_scores
 
         def produce() -> None:
             try:
-                noise = lambda: sample_noise(rng, dim, settings.temperature, settings.noise_clamp)  # noqa: E731
-                halted = lambda: halt.is_set() or stop.is_set()  # noqa: E731
-                frames = self._rt.frames(voice.snapshot, text, settings, noise, should_stop=halted, text_heads=heads)
                 for frame in frames:
                     hidden.put((mimi.transform(frame.latent[None, :]), frame.text_scores))
             except BaseException as e:  # handed to the consumer, raised there
@@ -403,12 +558,13 @@ class TTSModel:
                 hidden.put(None)
 
         worker = threading.Thread(target=produce, name="pocket-flow-lm", daemon=True)
-        mimi.reset()
         worker.start()
         try:
-            while (item := hidden.get()) is not None and not stop.is_set():
+            item = first_steps
+            while item is not None and not stop.is_set():
                 steps, text_scores = item
                 yield mimi.synthesize(steps), text_scores
+                item = hidden.get()
         finally:
             halt.set()
             _drain(hidden, worker)
@@ -439,6 +595,9 @@ def _silence(samples: int, frame_size: int, stop: threading.Event) -> Iterator[n
         if stop.is_set():
             return
         yield np.zeros(min(frame_size, samples - start), np.float32)
+
+
+_END = object()  # the end of a text stream
 
 
 def _drain(queued: queue.Queue, worker: threading.Thread) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -39,13 +41,48 @@ def _write_audio(path: Path, audio: np.ndarray, rate: int) -> None:
         raise
 
 
+class _StdinPieces:
+    """Standard input as it arrives, not line by line: the words of a line still being written are
+    prompted as they come (a writer that flushes word by word gets its sentence's first audio
+    within a frame of its end). A line break ends the text in progress, so a line without final
+    punctuation is still spoken when it ends."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.buffer = ""
+        self.eof = False
+
+    @property
+    def done(self) -> bool:
+        return self.eof and not self.buffer
+
+    def line(self) -> Iterator[str]:
+        """The pieces of the next line, as they are read."""
+        while True:
+            if self.buffer:
+                head, newline, self.buffer = self.buffer.partition("\n")
+                if head:
+                    yield head
+                if newline:
+                    return
+            if self.eof:
+                return
+            data = os.read(self.fd, 65536)  # whatever the pipe holds, as soon as it holds anything
+            self.eof = not data
+            self.buffer += self.decoder.decode(data, final=self.eof)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--text", help="the text to speak (default: read standard input)")
 @click.option("--voice", help="audio file to clone, a voice stored in the model, or a voice-state .safetensors")
 @click.option("--model", help="pocket-tts GGUF (default: the synthetic english model, not speech)")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="write a .wav, .flac or .ogg file")
 @click.option(
-    "--stream", is_flag=True, help="raw 16-bit PCM on stdout as it is made; with stdin, speak each line as it arrives"
+    "--stream",
+    is_flag=True,
+    help="raw 16-bit PCM on stdout as it is made; with stdin, speak each sentence as it ends (a line break ends one; "
+    "with --timestamps, each line)",
 )
 @click.option(
     "--no-markup",
@@ -196,20 +233,25 @@ def _run(
     state = tts.get_state_for_audio_prompt(voice)
     words = _Words(tts.sample_rate, stream) if timestamps_file else None
 
-    if stream and text is None:  # speak each line of stdin as it arrives
+    if stream and text is None:  # speak stdin as it arrives, each sentence once it ends
         out = sys.stdout.buffer
+        if words is None:
+            stdin = _StdinPieces(sys.stdin.fileno())
+            while not stdin.done:
+                for chunk in tts.generate_audio_for_text_stream(state, stdin.line(), markup=markup):
+                    out.write(_pcm16(chunk))
+                    out.flush()
+            return
+        # Word timestamps come with generate_audio_stream: each line is spoken as a text of its own.
         for line in sys.stdin:
             if line.strip():
-                for item in tts.generate_audio_stream(state, line, markup=markup, timestamps=words is not None):
+                for item in tts.generate_audio_stream(state, line, markup=markup, timestamps=True):
                     if isinstance(item, np.ndarray):
                         out.write(_pcm16(item))
                         out.flush()
-                    if words is not None:
-                        words.add(item)
-                if words is not None:
-                    words.next_text(line, markup)
-        if words is not None:
-            words.write(Path(timestamps_file))
+                    words.add(item)
+                words.next_text(line, markup)
+        words.write(Path(timestamps_file))
         return
     if text is None:
         text = sys.stdin.read()

@@ -134,3 +134,22 @@ def test_flops_match_the_parameter_count():
     fc = count_flops(load_released_config("english"), frames=125, text_tokens=50, voice_rows=40)
     assert 2 * 75.0e6 < fc.flow_lm_transformer < 2 * 80e6
     assert fc.per_run == pytest.approx(125 * fc.per_frame + fc.text_prefill)
+
+
+def test_feed_mode_times_every_sentence_end(tmp_path):
+    """--feed-wps: one latency per sentence of the text (fed word by word), and the one-shot first
+    audio with and without first_chunk_tokens; figures present and positive, none asserted."""
+    _, gguf = synthetic_model(SMALL, "Q4_K_M")
+    wav, out = tmp_path / "voice-1s.wav", tmp_path / "feed.json"
+    write_wav16(wav, synthetic_voice_audio(24000, seconds=1.0), 24000)
+    text = "One sentence here. And a second one, a bit longer than the first! Third."
+    args = ["--model", str(gguf), "--voice", str(wav), "--text", text, "--runs", "2", "--feed-wps", "40"]
+    r = _bench([*args, "--first-chunk-tokens", "5", "--json", str(out)], tmp_path / "cache")
+    assert r.returncode == 0, r.stderr[-4000:]
+    doc = json.loads(out.read_text())
+    streamed = doc["streamed_first_audio_ms"] + doc["streamed_first_audio_after_busy_ms"]
+    assert len(streamed) == 3 * 2  # at 40 words/s, most sentences end while the one before generates
+    assert set(doc["one_shot_first_audio_ms"]) == {"reference chunking", "first_chunk_tokens=5"}
+    figures = streamed + [x for v in doc["one_shot_first_audio_ms"].values() for x in v]
+    assert all(_positive(x) for x in figures)
+    assert "last word -> its first chunk" in r.stdout and "first_chunk_tokens=5" in r.stdout

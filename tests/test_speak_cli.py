@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import soundfile as sf
 from _parity_runs import synthetic_model
 from click.testing import CliRunner
 
+from pocket_ggml.speak_cli import _pcm16
 from pocket_ggml.speak_cli import main as speak
 
 SMALL = "english_2m_2026-10"
@@ -56,6 +58,33 @@ def test_stdin_lines_stream_as_raw_pcm_through_a_pipe(tmp_path, voice_wav):
     pcm = np.frombuffer(first + rest, dtype="<i2")
     assert len(first) == 3840 and pcm.size % 1920 == 0 and pcm.size >= 2 * 7 * 1920
     assert np.abs(pcm).max() > 0
+
+
+def test_a_sentence_ends_within_a_line_and_sounds_as_through_the_api(voice_wav):
+    """stdin is read as it arrives, not by lines: the first sentence is spoken before its line ends,
+    and the audio is the API's for the same pieces (a line break ends a text)."""
+    from pocket_ggml import TTSModel
+
+    model = str(synthetic_model(SMALL, "Q4_K_M")[1])
+    sampling = ["--seed", "3", "--eos-threshold", "-2"]
+    cmd = [sys.executable, "-m", "pocket_ggml.speak_cli", "--model", model, "--voice", str(voice_wav), "--stream"]
+    proc = subprocess.Popen(cmd + sampling + ["-q"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc.stdin.write(b"Hello there my friend. How ")
+    proc.stdin.flush()
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    if not ready:  # the sentence waited for its line to end: stop the process, not the test run
+        proc.kill()
+    assert ready, "no audio before the line ended"
+    first = proc.stdout.read(1920 * 2)  # the first sentence is spoken while its line is still open
+    proc.stdin.write("are you\nThird line, caf\u00e9.\n".encode())
+    proc.stdin.close()
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=120) == 0
+    tts = TTSModel.load_model(model, seed=3, eos_threshold=-2.0)
+    voice = tts.get_state_for_audio_prompt(str(voice_wav))
+    texts = [["Hello there my friend. How ", "are you"], ["Third line, caf\u00e9."]]
+    audio = np.concatenate([c for pieces in texts for c in tts.generate_audio_for_text_stream(voice, pieces)])
+    assert len(first) == 3840 and first + rest == _pcm16(audio)
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, voice_wav):

@@ -124,6 +124,21 @@ def _progress(msg: str) -> None:
     help="draw the realtime factors and where a frame's time goes (needs matplotlib: pocket-ggml[plot])",
 )
 @click.option("--info", is_flag=True, help="print the CPU features the installed ggml build uses, and exit")
+@click.option(
+    "--feed-wps",
+    type=click.FloatRange(0.1, 1000),
+    metavar="N",
+    help="instead: first audio of the text fed word by word at N words/s (each sentence's last word -> its "
+    "first chunk), and of the whole text at once with and without --first-chunk-tokens, in this process",
+)
+@click.option(
+    "--first-chunk-tokens",
+    type=click.IntRange(1, 10_000),
+    default=8,
+    show_default=True,
+    metavar="N",
+    help="with --feed-wps: the first_chunk_tokens of the one-shot figure",
+)
 def main(
     model: str | None,
     mix: str | None,
@@ -141,6 +156,8 @@ def main(
     json_path: str | None,
     plot_path: str | None,
     info: bool,
+    feed_wps: float | None,
+    first_chunk_tokens: int,
 ) -> None:
     """Benchmark pocket-ggml (FlowLM and the Mimi transformer on a worker thread, the SEANet decoder in
     the consumer, as the product runs) through the public TTSModel API, with the voice state computed
@@ -153,6 +170,7 @@ def main(
       pocket-bench --type Q8_0 --json q8.json
       pocket-bench --reference --plot bench.png
       pocket-bench --info
+      pocket-bench --feed-wps 3 --runs 3             # first audio of text arriving word by word
     """
     if info:
         from pocket_ggml.bench.hardware import ggml_features, ggml_features_line, repack_line
@@ -165,6 +183,33 @@ def main(
             click.echo(f"SLOW BUILD: {note}")
         return
     threads = _threads_list(threads_arg)
+    if feed_wps is not None:
+        try:
+            doc = run_feed_benchmark(
+                model,
+                mix,
+                config,
+                tokenizer,
+                threads[0],
+                mimi_threads,
+                cores,
+                frames,
+                text,
+                voice,
+                runs,
+                feed_wps,
+                first_chunk_tokens,
+            )
+        except PocketError as e:
+            click.echo(f"pocket-bench: error: {e}", err=True)
+            sys.exit(2)
+        from pocket_ggml.bench.feed import markdown as feed_markdown
+
+        click.echo(feed_markdown(doc))
+        if json_path:
+            Path(json_path).write_text(json.dumps(_finite(doc), indent=1) + "\n")
+            _progress(f"wrote {json_path}")
+        return
     try:
         if plot_path:
             from pocket_ggml.bench.plot import PlotUnavailable, require_matplotlib
@@ -205,6 +250,54 @@ def main(
             click.echo(f"pocket-bench: error: cannot draw {plot_path}: {e}", err=True)
             sys.exit(2)
         _progress(f"wrote {plot_path}")
+
+
+def run_feed_benchmark(
+    model: str | None,
+    mix: str | None,
+    config: str | None,
+    tokenizer: str | None,
+    threads: int,
+    mimi_threads: int | None,
+    cores: int | None,
+    frames: int,
+    text: str | None,
+    voice: str | None,
+    runs: int,
+    wps: float,
+    first_chunk_tokens: int,
+) -> dict[str, object]:
+    """`--feed-wps`: see `pocket_ggml.bench.feed`."""
+    from pocket_ggml.bench import assets, hardware
+    from pocket_ggml.bench.feed import run_feed
+
+    try:
+        pinned = hardware.pin_first_cores(cores) if cores else sorted(os.sched_getaffinity(0))
+    except ValueError as e:
+        raise assets.BenchSetupError(str(e)) from None
+    _progress("preparing the model (made and cached on first use)")
+    gguf = assets.resolve_gguf(model, mix, config, tokenizer)
+    cfg = assets.model_facts(gguf).config
+    wav = assets.voice_wav(voice, cfg.mimi.sample_rate)
+    text = text if text is not None else assets.default_text(frames, cfg.mimi.frame_rate)
+    doc = run_feed(
+        gguf,
+        wav,
+        text,
+        wps=wps,
+        threads=threads,
+        mimi_threads=mimi_threads or threads,
+        runs=runs,
+        first_chunk_tokens=first_chunk_tokens,
+        progress=_progress,
+    )
+    return {
+        "command": " ".join(["pocket-bench", *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "hardware": {**hardware.cpu_info(), "ggml_features": hardware.ggml_features()},
+        "cores": pinned,
+        **doc,
+    }
 
 
 def run_benchmark(

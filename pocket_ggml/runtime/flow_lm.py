@@ -170,6 +170,16 @@ class FlowLM:
         self.kv.reset()
         self.kv.advance(snap.n_rows)
 
+    def rewind(self, n_rows: int) -> None:
+        """Keep only the first `n_rows` rows. The cache is causal, so those rows are exactly what they
+        were, and a prompt appended now gives what it would have given right after them: text can be
+        prefilled in pieces and a wrongly guessed tail taken back. The dropped slots keep their finite
+        values, masked until written again."""
+        if not 0 <= n_rows <= self.offset:
+            raise GenerationError(f"cannot rewind a cache of {self.offset} rows to {n_rows}")
+        self.kv.reset()
+        self.kv.advance(n_rows)
+
     def voice_prompt(self, latents: np.ndarray, noise: np.ndarray | None = None, stages: bool = False) -> FlowLMOutput:
         """The voice rows ([bos_before_voice |] latents @ speaker_proj^T) into an empty cache."""
         if latents.ndim != 2 or latents.shape[1] != self.cfg.mimi.speaker_dim or latents.shape[0] < 1:
@@ -184,6 +194,15 @@ class FlowLM:
         if tokens.ndim != 1 or tokens.size == 0 or tokens.min() < 0 or tokens.max() > self.cfg.flow_lm.n_bins:
             raise GenerationError("text tokens must be a non-empty 1-D array of ids within the vocabulary")
         return self._call(("text", tokens), None, tokens.size, noise, stages)
+
+    def text_prompt_and_step(self, tokens: np.ndarray, noise: np.ndarray | None = None) -> FlowLMOutput:
+        """The last text tokens and the BOS row in one call: what `text_prompt(tokens)` then
+        `step(None, noise)` give, with one graph instead of two, where the first audio waits on it."""
+        tokens = np.asarray(tokens, dtype=np.int32)
+        if tokens.ndim != 1 or tokens.size == 0 or tokens.min() < 0 or tokens.max() > self.cfg.flow_lm.n_bins:
+            raise GenerationError("text tokens must be a non-empty 1-D array of ids within the vocabulary")
+        bos = replace_nan_with_bos(np.full((1, self.latent_dim), np.nan, np.float32), self.bos_emb)
+        return self._call(("text", tokens), bos, tokens.size + 1, noise, False)
 
     def step(
         self,

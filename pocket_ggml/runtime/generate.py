@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pocket_ggml.runtime.flow_lm import FlowLM, FlowLMSnapshot, GenerationError, TextAttention
+from pocket_ggml.runtime.flow_lm import FlowLM, FlowLMOutput, FlowLMSnapshot, GenerationError, TextAttention
 
 MIN_FRAMES_BEFORE_EOS = 6  # before speech starts, some voices' EOS logit crosses the threshold
 TOKENS_PER_SECOND_ESTIMATE = 3.0
@@ -59,16 +59,57 @@ def generate_latents(
         raise GenerationError("max_frames and frames_after_eos must be >= 0")
     if math.isnan(eos_threshold):
         raise GenerationError("the EOS threshold is NaN")
-    flow_lm.restore(voice, extra_rows=len(tokens) + max_frames)
-    text_start = flow_lm.offset
-    flow_lm.text_prompt(tokens)
-    attention = TextAttention(text_heads, (text_start, flow_lm.offset)) if text_heads else None
+    flow_lm.restore(voice, extra_rows=len(tokens) + 1 + max_frames)
+    if text_heads:  # each step, the first included, reports its attention over the text rows
+        text_start = flow_lm.offset
+        flow_lm.text_prompt(tokens)
+        first_step = None
+        attention = TextAttention(text_heads, (text_start, flow_lm.offset))
+    else:
+        # the text goes in with the first step, in one graph: one build and one launch fewer before
+        # the first audio
+        first_step = lambda first_noise: flow_lm.text_prompt_and_step(tokens, first_noise)  # noqa: E731
+        attention = None
+    yield from latents_after_prompt(
+        flow_lm,
+        noise,
+        eos_threshold=eos_threshold,
+        frames_after_eos=frames_after_eos,
+        max_frames=max_frames,
+        should_stop=should_stop,
+        first_step=first_step,
+        attention=attention,
+    )
+
+
+def latents_after_prompt(
+    flow_lm: FlowLM,
+    noise: NoiseSource,
+    *,
+    eos_threshold: float,
+    frames_after_eos: int,
+    max_frames: int,
+    should_stop: Callable[[], bool] = lambda: False,
+    first_step: Callable[[np.ndarray], FlowLMOutput] | None = None,
+    attention: TextAttention | None = None,
+) -> Iterator[Frame]:
+    """Latent frames from the cache as it stands (voice and text prompted, with room for
+    `max_frames` more rows): the loop of `generate_latents`, for a prompt made in pieces.
+    `first_step(noise)` replaces the first (BOS) step, e.g. `FlowLM.text_prompt_and_step`; with
+    `attention`, each frame carries those heads' scores over the text (word timestamps)."""
+    if max_frames < 0 or frames_after_eos < 0:
+        raise GenerationError("max_frames and frames_after_eos must be >= 0")
+    if math.isnan(eos_threshold):
+        raise GenerationError("the EOS threshold is NaN")
     latent: np.ndarray | None = None  # None: the BOS row
     eos_frame: int | None = None
     for step in range(max_frames):
         if should_stop():
             return
-        out = flow_lm.step(latent, noise(), attention=attention)
+        if step == 0 and first_step is not None:
+            out = first_step(noise())
+        else:
+            out = flow_lm.step(latent, noise(), attention=attention)
         if out.eos_logit > eos_threshold and eos_frame is None and step >= MIN_FRAMES_BEFORE_EOS:
             eos_frame = step
         if eos_frame is not None and step >= eos_frame + frames_after_eos:

@@ -10,7 +10,7 @@ time, each from a fresh copy of the voice state (pocket_tts.models.text_chunking
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pocket_ggml.errors import PocketError, TokenizerError
 from pocket_ggml.quantize.config import TextRules
@@ -216,3 +216,130 @@ def split_into_best_sentences(
     if current != "":
         chunks.append(current.strip())
     return chunks
+
+
+_SENTENCE_MARK_RUN = re.compile(r"[.!?]+")
+_LAST_WHITESPACE = re.compile(r"\s(?=\S*$)")
+
+
+def _sentence_end(text: str, tok: Tokenizer, rules: TextRules) -> int | None:
+    """Where the first sentence of `text` ends, once that is settled (None: not yet).
+
+    `split_into_best_sentences`' rule: a sentence ends at the first token after a run of . ! ...
+    ? tokens, in the prepared text. A candidate is a run of . ! ? followed by closing quotes or
+    brackets and whitespace, so that no later piece can extend the run or its closers; the
+    tokenizer then decides, on the candidate followed by a word, whether the splitter ends the
+    sentence there, after the closers, or before them (a closer token starts the next sentence), or
+    not at all (e.g. a '."' piece is no sentence-end token). A period after a digit waits for the
+    next word, which is a decimal ("3. 5" as "3.5") if it starts with a digit. A run with no word
+    before it stays with the sentence that follows."""
+    marks = set(tok.encode(".!...?")[1:])
+    for run in _SENTENCE_MARK_RUN.finditer(text):
+        if not any(c.isalnum() for c in text[: run.start()]):
+            continue
+        after = run.end()
+        while after < len(text) and text[after] in _CLOSERS:
+            after += 1
+        if after == len(text):
+            return None  # the run or its closers may go on
+        if not text[after].isspace():
+            continue  # inside a word: "3.5", "e.g.x"
+        if run.group() == "." and text[run.start() - 1].isdigit() and after == run.end():
+            rest = text[after:].lstrip()
+            if not rest:
+                return None
+            if rest[0].isdigit():
+                continue
+        # the candidate, then a word: the splitter sees it as in the whole text (its own final
+        # punctuation would only come after that word)
+        probe = prepare_text_prompt(text[:after] + " A", replace(rules, append_terminal_punctuation=False))
+        tokens = tok.encode(probe.text)
+        starts = _boundaries(tokens, list(marks))
+        if len(tokens) - 1 in starts:
+            return after
+        closers = text[run.end() : after].strip()
+        if closers and any(tok.decode(tokens[b:-1]).strip() == closers for b in starts[1:-1]):
+            return run.end()
+    return None
+
+
+class SentenceStream:
+    """Sentences of a text that arrives in pieces, each handed out as soon as its end is settled
+    (see `_sentence_end`); `pending` is the sentence still being written."""
+
+    def __init__(self, tok: Tokenizer, rules: TextRules) -> None:
+        self.tok = tok
+        self.rules = rules
+        self.pending = ""
+
+    def feed(self, piece: str) -> list[str]:
+        self.pending += piece
+        sentences = []
+        while (end := _sentence_end(self.pending, self.tok, self.rules)) is not None:
+            sentences.append(self.pending[:end].strip())
+            self.pending = self.pending[end:]
+        return sentences
+
+    def close(self) -> str | None:
+        """The text after the last sentence end (the stream is over), or None when it is blank."""
+        rest, self.pending = self.pending.strip(), ""
+        return rest or None
+
+
+def _first_chunk_tokens(tok: Tokenizer, text: str, rules: TextRules, max_tokens: int) -> list[int]:
+    """The token ids the one-shot path prompts for the first chunk of `text`."""
+    first = split_into_best_sentences(tok, text, rules, max_tokens)[0]
+    return tok.encode(prepare_text_prompt(first, rules).text)
+
+
+# Two continuations that share nothing after their first space, of <= 1 and >= 5 words: whatever
+# they share is in the prefix itself, and a prefix short enough to be padded shares nothing.
+_PROBES = (" a", " b c d e f")
+
+
+def stable_prompt_tokens(tok: Tokenizer, partial: str, rules: TextRules, max_tokens: int) -> list[int]:
+    """The tokens that the first chunk of a sentence beginning with `partial` starts with, whatever
+    comes next, as far as they can be known: only the words followed by whitespace count (the last
+    may still grow), and of their tokens only those two different continuations agree on, which
+    leaves out what the text rules change with the rest (the capital letter stays, the padding of
+    short texts and the final punctuation do not) and pieces a tokenizer merges across the word
+    boundary. A guess: the caller checks it against the finished sentence's chunks."""
+    cut = _LAST_WHITESPACE.search(partial)
+    if cut is None or not partial[: cut.start()].strip():
+        return []
+    done = partial[: cut.start()]
+    a, b = (_first_chunk_tokens(tok, done + probe, rules, max_tokens) for probe in _PROBES)
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+_CLAUSE_END = re.compile(r"[,;:\u2013\u2014-][\"'\u201d\u2019)\]\u00bb]*$")
+
+
+def shorten_first_chunk(tok: Tokenizer, chunks: list[str], rules: TextRules, first_chunk_tokens: int) -> list[str]:
+    """`chunks` with the first one cut in two when it is prompted with more than
+    `first_chunk_tokens` tokens: the head ends at the last clause end (, ; : or a dash) that keeps it
+    within the budget and holds at least half the words that fit, else at the last word that fits
+    (at least one word). This changes where the chunks split: the head is spoken as a chunk of its
+    own, which the text rules end with a period (as they end the clauses a long sentence is split
+    into), and the rest starts the next chunk."""
+    if first_chunk_tokens < 1:
+        raise TextError(f"first_chunk_tokens must be at least 1, got {first_chunk_tokens}")
+    if not chunks:
+        return chunks
+
+    def n_tokens(text: str) -> int:
+        return len(tok.encode(prepare_text_prompt(text, rules).text))
+
+    words = chunks[0].split()
+    if n_tokens(chunks[0]) <= first_chunk_tokens or len(words) < 2:
+        return chunks
+    fit = 1
+    while fit + 1 < len(words) and n_tokens(" ".join(words[: fit + 1])) <= first_chunk_tokens:
+        fit += 1
+    # a clause end, unless it keeps less than half of what fits: "Well," alone is no better a chunk
+    # than the words that fit
+    cut = next((i for i in range(fit, (fit + 1) // 2 - 1, -1) if i and _CLAUSE_END.search(words[i - 1])), fit)
+    return [" ".join(words[:cut]), " ".join(words[cut:]), *chunks[1:]]

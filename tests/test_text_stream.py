@@ -1,0 +1,159 @@
+"""Text that arrives in pieces: sentences found as the one-shot splitter finds them, prompted while
+they are written, and spoken exactly as `generate_audio_stream` speaks each sentence."""
+
+from __future__ import annotations
+
+import pytest
+from _ggml_parity import rel_err
+from _parity_runs import synthetic_model
+
+from pocket_ggml import ParameterError, TTSModel
+from pocket_ggml.quantize.config import TextRules
+from pocket_ggml.runtime.model import PocketRuntime
+from pocket_ggml.runtime.prefill import IncrementalPrompt
+from pocket_ggml.runtime.text import (
+    SentenceStream,
+    Tokenizer,
+    _boundaries,
+    _segments,
+    prepare_text_prompt,
+    stable_prompt_tokens,
+)
+
+SMALL = "english_2m_2026-10"
+TEXT = (
+    "Hello there, my friend. The price went from 3.5 to 4. 5 dollars is a lot! Is it?! "
+    'He said "yes." Then (it rained all day.) The long day, with all its noise and its work, came to a quiet '
+    "end... ok"
+)
+# Audio made from a prompt in pieces differs from the one-shot prompt's by float rounding only: F32
+# rows multiplied in other groups take other kernels (Q4_K_M ones quantize each row alike, so its
+# audio comes out bit-identical).
+AUDIO_TOL = 1e-6
+
+
+def _words(text: str) -> list[str]:
+    return [w + " " for w in text.split(" ")]
+
+
+def _llm_pieces(text: str) -> list[str]:
+    """Pieces as a language model streams them: a leading space, words cut in two."""
+    pieces = []
+    for i, w in enumerate(text.split(" ")):
+        lead = "" if i == 0 else " "
+        pieces += [lead + w[:2], w[2:]] if len(w) > 3 else [lead + w]
+    return [p for p in pieces if p]
+
+
+def _sentences(pieces: list[str], tok: Tokenizer) -> list[str]:
+    stream = SentenceStream(tok, TextRules())
+    out = [s for p in pieces for s in stream.feed(p)]
+    rest = stream.close()
+    return out + ([rest] if rest else [])
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_path):
+    return Tokenizer(tokenizer_path.read_bytes())
+
+
+@pytest.mark.parametrize("feed", [_words, _llm_pieces, list])
+def test_sentences_are_the_one_shot_splitters(tokenizer, feed):
+    """The sentence segments `split_into_best_sentences` finds in the whole text (before it groups
+    them into chunks), however the text is cut into pieces."""
+    prepared = prepare_text_prompt(TEXT, TextRules()).text
+    tokens = tokenizer.encode(prepared)
+    marks = tokenizer.encode(".!...?")[1:]
+    expected = [s.strip() for _, s in _segments(tokens, _boundaries(tokens, marks, tokenizer), tokenizer)]
+    found = _sentences(feed(TEXT), tokenizer)
+    assert len(found) == 6
+    # the one-shot splitter sees the prepared text: its last sentence has the added period
+    assert found[:-1] == expected[:-1] and found[-1] + "." == expected[-1]
+
+
+def test_a_period_after_a_digit_waits_for_the_next_word(tokenizer):
+    stream = SentenceStream(tokenizer, TextRules())
+    assert stream.feed("It costs 3. ") == []
+    assert stream.feed("5 dollars. And ") == ["It costs 3. 5 dollars."]
+    assert stream.feed("then 4. ") == []
+    assert stream.feed("Done") == ["And then 4."]
+    assert stream.close() == "Done"
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_stable_tokens_begin_every_continuation(tokenizer, pad):
+    """What is prompted early is the start of the finished sentence's tokens, for any ending; with
+    the padding of short texts, nothing is prompted before a fifth word has begun."""
+    rules = TextRules(pad_with_spaces_for_short_inputs=pad)
+    sentence = "the weather today, my friend, is quite nice and warm for the season"
+    words = sentence.split(" ")
+    for n in range(1, len(words)):
+        partial = " ".join(words[:n]) + " "
+        stable = stable_prompt_tokens(tokenizer, partial, rules, 50)
+        if pad and n < 4:
+            assert stable == []
+        else:
+            assert len(stable) >= n
+        for ending in ("x", "Mr. Smith.", ", and then?", "5 6 7 8 9 10 11 12"):
+            final = tokenizer.encode(prepare_text_prompt(partial + ending, rules).text)
+            assert final[: len(stable)] == stable, (partial, ending)
+
+
+def test_a_sentence_is_prompted_while_it_is_written(voice_wav):
+    rt = PocketRuntime(synthetic_model(SMALL)[1])
+    voice = rt.voice_state(rt.encode_voice(*_read(voice_wav)))
+    prompt = IncrementalPrompt(rt, voice, 50)
+    sentence = "The weather today is quite nice and warm for the season."
+    words = sentence.split(" ")
+    for n in range(1, len(words)):
+        prompt.update(" ".join(words[:n]) + " ")
+    ((tokens, _),) = prompt.chunks(sentence)
+    assert prompt.prompted == tokens[: len(prompt.prompted)]
+    assert rt.flow_lm.offset == voice.n_rows + len(prompt.prompted)
+    assert len(tokens) - len(prompt.prompted) <= 3  # the last word and the period
+    rt.close()
+
+
+def _read(path):
+    from pocket_ggml.voices.audio import read_audio
+
+    return read_audio(path)
+
+
+@pytest.fixture(scope="module", params=["F32", "Q4_K_M"])
+def gguf(request):
+    return synthetic_model(SMALL, request.param)[1]
+
+
+@pytest.mark.parametrize("max_tokens", [50, 12])
+def test_streamed_text_sounds_as_each_sentence_spoken_alone(gguf, voice_wav, max_tokens):
+    """max_tokens 12 splits the long sentence into clause chunks: they too are the one-shot path's."""
+    one_shot = TTSModel.load_model(gguf, seed=5)
+    voice = one_shot.get_state_for_audio_prompt(voice_wav)
+    for feed in (_words, _llm_pieces, list) if max_tokens == 50 else (_words,):
+        pieces = feed(TEXT)
+        expected = [
+            c
+            for s in _sentences(pieces, one_shot._rt.tokenizer)
+            for c in one_shot.generate_audio_stream(voice, s, max_tokens=max_tokens)
+        ]
+        streamed = TTSModel.load_model(gguf, seed=5)
+        got = list(streamed.generate_audio_for_text_stream(voice, iter(pieces), max_tokens=max_tokens))
+        assert len(got) == len(expected) > 0
+        for i, (a, b) in enumerate(zip(got, expected)):
+            assert rel_err(a, b) <= AUDIO_TOL, f"{feed.__name__} chunk {i}"
+        one_shot = TTSModel.load_model(gguf, seed=5)  # the same noise for the next feed
+
+
+def test_bad_pieces_are_parameter_errors(gguf, voice_wav):
+    model = TTSModel.load_model(gguf)
+    voice = model.get_state_for_audio_prompt(voice_wav)
+    with pytest.raises(ParameterError):
+        list(model.generate_audio_for_text_stream(voice, ["Hello ", 3]))
+    with pytest.raises(ParameterError):
+        list(model.generate_audio_for_text_stream(voice, ["Hello ", None]))
+    with pytest.raises(ParameterError):
+        list(model.generate_audio_for_text_stream(voice, ["Hello."], max_tokens=0))
+    with pytest.raises(ParameterError):
+        model.generate_audio_for_text_stream(voice, 42)
+    assert list(model.generate_audio_for_text_stream(voice, [" ", "\n"])) == []
