@@ -78,7 +78,7 @@ class AttentionInputs:
 @dataclass
 class ScoreTap:
     """Attention scores a graph also outputs: q.k (before the 1/sqrt(head_dim) scale, the mask and
-    the softmax) of single-row calls for `heads_by_layer`, over the cache slots `keys` (start, stop).
+    the softmax) of a call's last row for `heads_by_layer`, over the cache slots `keys` (start, stop).
     Word timestamps read them for the text rows; the softmax is the reader's, over those slots only
     (pocket-tts-timestamped normalises over the text alone, not over the whole cache). Building fills
     `scores[(layer, head)]` with (keys,) views; no other part of the attention is copied out."""
@@ -267,19 +267,20 @@ def streaming_attention(
 
 
 def _tap_scores(ctx: int, scores: Tensor, tap: ScoreTap, layer: int, n_rows: int, n_heads: int) -> None:
-    """Views of scores (n_keys, T, H) for the tapped heads of `layer` over the tapped slots."""
+    """Views of scores (n_keys, T, H) of the last row for the tapped heads of `layer` over the tapped slots."""
     heads = tap.heads_by_layer.get(layer, ())
     if not heads:
         return
     start, stop = tap.keys
     n_keys = tensor_ne(scores)[0]
-    if n_rows != 1 or not 0 <= start < stop <= n_keys or not all(0 <= h < n_heads for h in heads):
+    if not 0 <= start < stop <= n_keys or not all(0 <= h < n_heads for h in heads):
         raise ValueError(
             f"cannot tap heads {heads} of {n_heads} over slots {start}:{stop} of {n_keys} in a {n_rows}-row call"
         )
-    el, _, head_stride = tensor_nb(scores)[:3]
+    el, row_stride, head_stride = tensor_nb(scores)[:3]
+    last_row = (n_rows - 1) * row_stride
     for h in heads:
-        tap.scores[(layer, h)] = ggml.ggml_view_1d(ctx, scores, stop - start, h * head_stride + start * el)
+        tap.scores[(layer, h)] = ggml.ggml_view_1d(ctx, scores, stop - start, h * head_stride + last_row + start * el)
 
 
 def _valid_heads(ctx: int, cache: Tensor, head_dim: int, n_heads: int, n_keys: int) -> Tensor:

@@ -172,7 +172,7 @@ def flow_lm_step(
 
     cond_rows are (N, d_model) text or voice rows; latent_rows (M, latent_dim) have BOS filled in.
     With `stages`, the backbone's intermediates (see `flow_lm_backbone`, over the last `n_out`
-    rows) are added to the outputs. With `tap` (a single-row call), its attention scores are too, as
+    rows) are added to the outputs. With `tap`, the last row's attention scores are too, as
     `text_scores` (heads, keys), the heads in the order of `tap.heads_by_layer`.
     """
     parts = [] if cond_rows is None else [cond_rows]

@@ -195,14 +195,17 @@ class FlowLM:
             raise GenerationError("text tokens must be a non-empty 1-D array of ids within the vocabulary")
         return self._call(("text", tokens), None, tokens.size, noise, stages)
 
-    def text_prompt_and_step(self, tokens: np.ndarray, noise: np.ndarray | None = None) -> FlowLMOutput:
+    def text_prompt_and_step(
+        self, tokens: np.ndarray, noise: np.ndarray | None = None, attention: TextAttention | None = None
+    ) -> FlowLMOutput:
         """The last text tokens and the BOS row in one call: what `text_prompt(tokens)` then
-        `step(None, noise)` give, with one graph instead of two, where the first audio waits on it."""
+        `step(None, noise, attention=attention)` give, with one graph instead of two, where the first
+        audio waits on it (`attention` may cover the rows of these tokens)."""
         tokens = np.asarray(tokens, dtype=np.int32)
         if tokens.ndim != 1 or tokens.size == 0 or tokens.min() < 0 or tokens.max() > self.cfg.flow_lm.n_bins:
             raise GenerationError("text tokens must be a non-empty 1-D array of ids within the vocabulary")
         bos = replace_nan_with_bos(np.full((1, self.latent_dim), np.nan, np.float32), self.bos_emb)
-        return self._call(("text", tokens), bos, tokens.size + 1, noise, False)
+        return self._call(("text", tokens), bos, tokens.size + 1, noise, False, attention)
 
     def step(
         self,
@@ -224,7 +227,7 @@ class FlowLM:
         if attention is not None:
             start, stop = attention.rows
             layers, heads = self.shape.num_layers, self.shape.attention.num_heads
-            if not 0 <= start < stop <= self.offset or not all(
+            if not 0 <= start < stop <= self.offset + n_rows - 1 or not all(
                 0 <= layer < layers and 0 <= head < heads for layer, head in attention.heads
             ):
                 raise GenerationError(

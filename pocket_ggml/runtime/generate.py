@@ -60,16 +60,8 @@ def generate_latents(
     if math.isnan(eos_threshold):
         raise GenerationError("the EOS threshold is NaN")
     flow_lm.restore(voice, extra_rows=len(tokens) + 1 + max_frames)
-    if text_heads:  # each step, the first included, reports its attention over the text rows
-        text_start = flow_lm.offset
-        flow_lm.text_prompt(tokens)
-        first_step = None
-        attention = TextAttention(text_heads, (text_start, flow_lm.offset))
-    else:
-        # the text goes in with the first step, in one graph: one build and one launch fewer before
-        # the first audio
-        first_step = lambda first_noise: flow_lm.text_prompt_and_step(tokens, first_noise)  # noqa: E731
-        attention = None
+    text_start = flow_lm.offset
+    attention = TextAttention(text_heads, (text_start, text_start + len(tokens))) if text_heads else None
     yield from latents_after_prompt(
         flow_lm,
         noise,
@@ -77,7 +69,9 @@ def generate_latents(
         frames_after_eos=frames_after_eos,
         max_frames=max_frames,
         should_stop=should_stop,
-        first_step=first_step,
+        # the text goes in with the first step, in one graph: one build and one launch fewer before
+        # the first audio
+        first_step=lambda first_noise: flow_lm.text_prompt_and_step(tokens, first_noise, attention),
         attention=attention,
     )
 
