@@ -157,3 +157,25 @@ def test_bad_pieces_are_parameter_errors(gguf, voice_wav):
     with pytest.raises(ParameterError):
         model.generate_audio_for_text_stream(voice, 42)
     assert list(model.generate_audio_for_text_stream(voice, [" ", "\n"])) == []
+
+
+def test_streamed_text_plays_each_sentences_pauses(gguf, voice_wav):
+    """Markup belongs to the sentence it is in: fed word by word, `A. [pause:0.5] B` sounds as each
+    sentence spoken alone by `generate_audio_stream`, its silence included, sample for sample in length."""
+    text = "Hello there, my friend. [pause:0.5] The price went up. Done [pause:120ms] now."
+    one_shot = TTSModel.load_model(gguf, seed=5)
+    voice = one_shot.get_state_for_audio_prompt(voice_wav)
+    pieces = _words(text)
+    sentences = _sentences(pieces, one_shot._rt.tokenizer)
+    assert len(sentences) == 3 and sentences[1].startswith("[pause:0.5]")
+    expected = [c for s in sentences for c in one_shot.generate_audio_stream(voice, s)]
+    streamed = TTSModel.load_model(gguf, seed=5)
+    got = list(streamed.generate_audio_for_text_stream(voice, iter(pieces)))
+    assert [len(c) for c in got] == [len(c) for c in expected]
+    silent = [i for i, c in enumerate(expected) if not c.any()]
+    assert sum(len(expected[i]) for i in silent) == round(0.5 * 24000) + round(0.12 * 24000)
+    for i, (a, b) in enumerate(zip(got, expected)):
+        assert (not a.any()) if i in silent else rel_err(a, b) <= AUDIO_TOL, f"chunk {i}"
+    literal = TTSModel.load_model(gguf, seed=5)
+    spoken = list(literal.generate_audio_for_text_stream(voice, iter(pieces), markup=False))
+    assert all(c.any() for c in spoken)
