@@ -63,6 +63,8 @@ def save_voice_state(state: VoiceState, path: str | Path) -> None:
             str(tmp),
             metadata={"format": FORMAT, "version": FORMAT_VERSION, "source": state.source[:200]},
         )
+        with open(tmp, "rb") as written:  # on disk before the rename: a power cut leaves no empty state behind
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
