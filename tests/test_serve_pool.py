@@ -178,6 +178,9 @@ def test_registered_voices_survive_a_restart_and_speak_like_a_clone(pool, tmp_pa
 def test_what_a_crash_leaves_is_never_a_listed_voice(pool, tmp_path):
     # a state written but no metadata yet (killed between the two renames), and a half-written temp file
     (tmp_path / "voice-0123456789abcdef.safetensors").write_bytes(b"partial")
+    orphan = tmp_path / "voice-3333333333333333.safetensors"  # the same, left long ago
+    orphan.write_bytes(b"whole state, no metadata")
+    os.utime(orphan, (0, 0))
     part = tmp_path / ".voice-fedcba9876543210.safetensors.abc.part"
     part.write_bytes(b"half")
     os.utime(part, (0, 0))  # old: left by a crash long ago
@@ -186,7 +189,8 @@ def test_what_a_crash_leaves_is_never_a_listed_voice(pool, tmp_path):
     (tmp_path / "voice-2222222222222222.json").write_text("{not json")
     registry = VoiceRegistry(pool, tmp_path)
     assert [v.source for v in registry.list()] == ["model"]
-    assert not part.exists()
+    assert not part.exists() and not orphan.exists()
+    assert (tmp_path / "voice-0123456789abcdef.safetensors").exists()  # recent: a registration may be under way
     for voice in ("voice-0123456789abcdef", "voice-1111111111111111", "voice-2222222222222222"):
         with pytest.raises(UnknownVoice):
             asyncio.run(registry.state(voice))

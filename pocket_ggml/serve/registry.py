@@ -187,11 +187,14 @@ class VoiceRegistry:
         return info
 
     def _clear_stale_parts(self) -> None:
+        """Remove what a crash mid-registration left: temp files, and states whose metadata (what makes a
+        voice exist) was never written. Only old ones: another server may be registering into this folder."""
         now = time.time()
-        for part in self.voices_dir.glob(".voice-*.part"):
+        orphans = (p for p in self.voices_dir.glob("voice-*.safetensors") if not p.with_suffix(".json").exists())
+        for leftover in [*self.voices_dir.glob(".voice-*.part"), *orphans]:
             try:
-                if now - part.stat().st_mtime > _STALE_PART_SECONDS:
-                    part.unlink()
+                if now - leftover.stat().st_mtime > _STALE_PART_SECONDS:
+                    leftover.unlink()
             except OSError:
                 pass
 
