@@ -109,3 +109,12 @@ def test_compare_command_prints_the_table_and_fails_with_exit_1(tmp_path):
     bad = _side(tmp_path / "bad", {("c", "Q8_0"): _moved(model, "-tf", 10.0)})
     r = CliRunner().invoke(crossarch.main, ["compare", str(x86), str(bad), "--label", "arm"])
     assert r.exit_code == 1 and "FAILED" in r.output
+
+
+@pytest.mark.parametrize("type_", ["F32", "Q4_K_M"])
+def test_the_teacher_forced_pass_reproduces_this_machines_free_run(tmp_path, tokenizer_path, voice_wav, type_):
+    """What the ARM check's comparisons stand on: fed its own latents, the teacher-forced pass (the FlowLM's
+    steps made as the free run makes them) predicts them and their audio bit for bit (synthesize raises
+    otherwise)."""
+    result = crossarch.synthesize("english_2m_2026-10", type_, tmp_path, tokenizer_path, voice_wav, 0.5, None)
+    assert result["frames"] > 0

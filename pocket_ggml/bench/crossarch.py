@@ -96,11 +96,11 @@ def teacher_forced(gguf: Path, voice_state: Path, text: str, teacher: np.ndarray
         noise = np.zeros(rt.config.mimi.latent_dim, np.float32)
         # the cache as large as the free run makes it: its capacity sets how many (masked) keys are summed
         max_frames = max(len(teacher), estimate_max_frames(len(tokens), rt.config.mimi.frame_rate))
-        rt.flow_lm.restore(load_voice_state(voice_state).snapshot, extra_rows=len(tokens) + max_frames)
-        rt.flow_lm.text_prompt(tokens)
-        predicted = []
-        for i in range(len(teacher)):
-            predicted.append(rt.flow_lm.step(teacher[i - 1] if i else None, noise).latent)
+        rt.flow_lm.restore(load_voice_state(voice_state).snapshot, extra_rows=len(tokens) + 1 + max_frames)
+        # the first step as the free run makes it: with the text, in one call (generate_latents)
+        predicted = [rt.flow_lm.text_prompt_and_step(tokens, noise).latent]
+        for i in range(1, len(teacher)):
+            predicted.append(rt.flow_lm.step(teacher[i - 1], noise).latent)
         rt.mimi.reset()
         audio = np.concatenate([rt.mimi.decode(latent[None, :]) for latent in teacher])
     finally:
