@@ -205,10 +205,7 @@ def main(
             sys.exit(2)
         from pocket_ggml.bench.feed import markdown as feed_markdown
 
-        click.echo(feed_markdown(doc))
-        if json_path:
-            Path(json_path).write_text(json.dumps(_finite(doc), indent=1) + "\n")
-            _progress(f"wrote {json_path}")
+        _publish(feed_markdown(doc), doc, json_path)
         return
     try:
         if plot_path:
@@ -237,10 +234,7 @@ def main(
         sys.exit(2)
     from pocket_ggml.bench.report import markdown
 
-    click.echo(markdown(doc))
-    if json_path:
-        Path(json_path).write_text(json.dumps(_finite(doc), indent=1) + "\n")
-        _progress(f"wrote {json_path}")
+    _publish(markdown(doc), doc, json_path)
     if plot_path:
         from pocket_ggml.bench.plot import plot_report
 
@@ -250,6 +244,14 @@ def main(
             click.echo(f"pocket-bench: error: cannot draw {plot_path}: {e}", err=True)
             sys.exit(2)
         _progress(f"wrote {plot_path}")
+
+
+def _publish(report: str, doc: dict, json_path: str | None) -> None:
+    """The report on stdout, and the document as JSON where asked."""
+    click.echo(report)
+    if json_path:
+        Path(json_path).write_text(json.dumps(_finite(doc), indent=1) + "\n")
+        _progress(f"wrote {json_path}")
 
 
 def run_feed_benchmark(
