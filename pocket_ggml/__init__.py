@@ -5,7 +5,6 @@ model = TTSModel.load_model()  # the synthetic default; or a .gguf / released .s
 """
 
 from pocket_ggml.api import (
-    BusyError,
     ParameterError,
     TimestampedAudio,
     TimestampsUnavailable,
@@ -14,7 +13,7 @@ from pocket_ggml.api import (
     WordStart,
     WordTimestamp,
 )
-from pocket_ggml.errors import PocketError
+from pocket_ggml.errors import BusyError, PocketError
 from pocket_ggml.voices.state import VoiceState, load_voice_state, save_voice_state
 
 __all__ = [

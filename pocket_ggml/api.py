@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pocket_ggml.errors import ParameterError, PocketError
+from pocket_ggml.errors import BusyError, ParameterError, TextError, TimestampsUnavailable, VoiceStateError
 from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.runtime.flow_lm import sample_noise
 from pocket_ggml.runtime.generate import Frame
@@ -41,20 +41,18 @@ from pocket_ggml.runtime.prefill import IncrementalPrompt
 from pocket_ggml.runtime.text import (
     MAX_TOKENS_PER_CHUNK,
     SentenceStream,
-    TextError,
     shorten_first_chunk,
     split_into_best_sentences,
 )
 from pocket_ggml.runtime.timestamps import (
     ChunkTimestamps,
     TimestampChunk,
-    TimestampsUnavailable,
     WordEnd,
     WordStart,
     WordTimestamp,
     timestamp_heads,
 )
-from pocket_ggml.voices.state import VoiceState, VoiceStateError, load_voice_state, save_voice_state
+from pocket_ggml.voices.state import VoiceState, load_voice_state, save_voice_state
 from pocket_ggml.voices.store import resolve_model, stored_voice
 
 logger = logging.getLogger(__name__)
@@ -70,10 +68,6 @@ __all__ = [
     "load_voice_state",
     "save_voice_state",
 ]
-
-
-class BusyError(PocketError):
-    """One TTSModel used by two generations at once (use one instance per thread)."""
 
 
 _MAX_THREADS = 64
@@ -211,7 +205,8 @@ class TTSModel:
     ) -> VoiceState:
         """A voice state from an audio file (any format soundfile reads, any rate and channels),
         samples + `sample_rate`, a voice stored in the model, or a saved voice-state .safetensors."""
-        from pocket_ggml.voices.audio import AudioError, read_audio
+        from pocket_ggml.errors import AudioError
+        from pocket_ggml.voices.audio import read_audio
 
         if isinstance(audio_conditioning, np.ndarray):
             if sample_rate is None:
@@ -611,7 +606,7 @@ def _drain(queued: queue.Queue, worker: threading.Thread) -> None:
 
 
 def _mono(samples: np.ndarray) -> np.ndarray:
-    from pocket_ggml.voices.audio import AudioError
+    from pocket_ggml.errors import AudioError
 
     a = np.asarray(samples)
     if a.dtype.kind not in "fiu":

@@ -8,12 +8,12 @@ it lasts from its first word's start to its last word's end. JSON keeps every wo
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from pocket_ggml.api import WordTimestamp
 from pocket_ggml.errors import OutputError
+from pocket_ggml.files import atomic_write
 from pocket_ggml.runtime.timestamps import source_words
 
 FORMATS = (".srt", ".vtt", ".json")
@@ -74,13 +74,7 @@ def check_destination(path: Path) -> None:
 
 def write(path: Path, text: str, words: Sequence[WordTimestamp], duration: float) -> None:
     """Atomically: an interrupted write leaves any previous file intact."""
-    from pocket_ggml.quantize.convert import atomic_output
 
     check_destination(path)
-    tmp = atomic_output(path)
-    try:
+    with atomic_write(path) as tmp:
         tmp.write_text(render(path, text, words, duration), encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pocket_ggml.quantize.config import load_released_config
+from pocket_ggml.format.config import load_released_config
 from pocket_ggml.quantize.convert import convert, read_tokenizer
 from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.runtime.flow_lm import TextAttention

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pocket_ggml.quantize.names import from_released, to_stored_layout
+from pocket_ggml.format.names import from_released, to_stored_layout
 from pocket_ggml.runtime.ggml_backend import CpuBackend, WeightStore
 
 # F32 graphs against the F32 reference differ only by summation order, libm, and ggml building RoPE

@@ -50,7 +50,7 @@ U64_MAX = (1 << 64) - 1
 # ------------------------------------------------------------------------------------------------
 def make_bases(folder: Path, names=tuple(BASES)) -> dict[str, str]:
     """The valid synthetic base files, written with the converter (as pocket-quantize does)."""
-    from pocket_ggml.quantize.config import load_released_config
+    from pocket_ggml.format.config import load_released_config
     from pocket_ggml.quantize.convert import check_tokenizer, convert
     from pocket_ggml.quantize.policy import get_mix
     from pocket_ggml.quantize.synthetic import synthetic_tokenizer

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 from _reference import require_reference, shared_path
 
-from pocket_ggml.quantize.cli import save_synthetic_safetensors
-from pocket_ggml.quantize.config import load_released_config
+from pocket_ggml.format.config import load_released_config
 from pocket_ggml.quantize.convert import convert as convert_checkpoint
 from pocket_ggml.quantize.convert import read_tokenizer
 from pocket_ggml.quantize.policy import get_mix
+from pocket_ggml.quantize.synthetic import save_synthetic_safetensors
 
 SEED = 0
 TEXT = "Hello world, this is a test of the pocket runtime."

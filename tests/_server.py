@@ -57,7 +57,7 @@ def _healthy(url: str) -> bool:
 
 @contextlib.contextmanager
 def running_server(*args: str, env: dict | None = None, startup_timeout: float = 180.0) -> Iterator[ServerProcess]:
-    """`python -m pocket_ggml.serve --host 127.0.0.1 --port FREE *args`, up once /health answers; stopped
+    """`python -m pocket_ggml.cli.serve --host 127.0.0.1 --port FREE *args`, up once /health answers; stopped
     (SIGINT, then SIGKILL after 20 s) when the block ends."""
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pocket-serve-")))
@@ -71,7 +71,7 @@ def running_server(*args: str, env: dict | None = None, startup_timeout: float =
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environment.get("PYTHONPATH")]))
         log_path = work / "server.log"
         log = stack.enter_context(open(log_path, "wb"))
-        cmd = [sys.executable, "-m", "pocket_ggml.serve", "--host", "127.0.0.1", "--port", str(port), *args]
+        cmd = [sys.executable, "-m", "pocket_ggml.cli.serve", "--host", "127.0.0.1", "--port", str(port), *args]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=work)
         stack.callback(_stop, proc)
         deadline = time.monotonic() + startup_timeout

@@ -25,12 +25,12 @@ import numpy as np
 from _parity_runs import SEED, _root
 from _reference import shared_path
 
+from pocket_ggml.format.config import PocketConfig, load_released_config
 from pocket_ggml.quantize.checkpoint import SafetensorsCheckpoint
-from pocket_ggml.quantize.cli import save_synthetic_safetensors
-from pocket_ggml.quantize.config import PocketConfig, load_released_config
 from pocket_ggml.quantize.convert import convert as convert_checkpoint
 from pocket_ggml.quantize.convert import read_tokenizer
 from pocket_ggml.quantize.policy import get_mix
+from pocket_ggml.quantize.synthetic import save_synthetic_safetensors
 from pocket_ggml.runtime.timestamps import timestamp_heads
 
 PEAK_LOGIT = 3.0  # per frequency pair: the peak stands ~PEAK_LOGIT * head_dim / 16 above far keys

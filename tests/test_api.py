@@ -11,10 +11,10 @@ from _ggml_parity import REL_TOL, rel_err
 from _parity_runs import reference_run, synthetic_model
 
 from pocket_ggml import BusyError, ParameterError, TTSModel, load_voice_state, save_voice_state
+from pocket_ggml.errors import AudioError, ModelNotAvailable
 from pocket_ggml.runtime.model import thread_plan
 from pocket_ggml.runtime.text import prepare_text_prompt, split_into_best_sentences
-from pocket_ggml.voices.audio import AudioError
-from pocket_ggml.voices.store import ModelNotAvailable, synthetic_voice_audio
+from pocket_ggml.voices.store import synthetic_voice_audio
 
 SMALL = "english_2m_2026-10"
 TEXT = "Hello world. This is a test of the pocket runtime, with a second clause."

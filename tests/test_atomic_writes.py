@@ -27,7 +27,7 @@ N_KILLS = 6
 
 def _command(output: Path) -> list[str]:
     exe = Path(sys.executable).with_name("pocket-quantize")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pocket_ggml.quantize.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pocket_ggml.cli.quantize"]
     return [*cmd, "--synthetic", CONFIG, "--type", "F32", "-q", "-o", str(output)]
 
 
@@ -38,7 +38,7 @@ def _temporaries(folder: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A previous file (a different valid model), and one complete run: its bytes and timings."""
-    from pocket_ggml.quantize.config import load_released_config
+    from pocket_ggml.format.config import load_released_config
     from pocket_ggml.quantize.convert import check_tokenizer, convert
     from pocket_ggml.quantize.policy import get_mix
     from pocket_ggml.quantize.synthetic import synthetic_tokenizer

@@ -222,13 +222,13 @@ def test_the_speaking_cli_rejects_bad_models_with_one_line(tmp_path):
 
     from _gguf_corpus import materialise
 
-    if importlib.util.find_spec("pocket_ggml.speak_cli") is None:
+    if importlib.util.find_spec("pocket_ggml.cli.speak") is None:
         pytest.skip("pocket-speak is not there yet")
     bases = make_bases(tmp_path, names=("q4",))
     paths = [materialise({"id": name, "base": "q4", **case}, bases, tmp_path, {}) for name, case in CLI_CASES]
 
     def run(path: str) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "pocket_ggml.speak_cli", "--model", path, "--list-voices"]
+        cmd = [sys.executable, "-m", "pocket_ggml.cli.speak", "--model", path, "--list-voices"]
         return subprocess.run(
             cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ, GGML_NO_BACKTRACE="1")
         )
@@ -243,7 +243,7 @@ def test_the_speaking_cli_rejects_bad_models_with_one_line(tmp_path):
 
 def test_released_configs_pass_the_load_checks():
     """The caps and consistency rules of ModelFile reject nothing a released config holds."""
-    from pocket_ggml.quantize.config import load_released_config, released_config_names
+    from pocket_ggml.format.config import load_released_config, released_config_names
     from pocket_ggml.runtime.model_file import check_config
 
     for name in released_config_names():

@@ -30,7 +30,7 @@ def voiced_model(tmp_path_factory) -> Path:
         [
             sys.executable,
             "-m",
-            "pocket_ggml.quantize.cli",
+            "pocket_ggml.cli.quantize",
             "--synthetic",
             SMALL,
             "-o",
@@ -232,7 +232,7 @@ CLI_CASES = {
 def test_cli_bad_inputs_exit_2_with_one_line(voiced_model, tmp_path, case):
     args = ["--model", str(voiced_model), "--text", "Hello.", "-o", str(tmp_path / "out.wav"), *CLI_CASES[case]]
     r = subprocess.run(
-        [sys.executable, "-m", "pocket_ggml.speak_cli", *args],
+        [sys.executable, "-m", "pocket_ggml.cli.speak", *args],
         capture_output=True,
         text=True,
         timeout=300,

@@ -20,10 +20,10 @@ from _parity_runs import synthetic_model
 from _reference import require_reference
 
 from pocket_ggml.bench.assets import write_wav16
-from pocket_ggml.bench.cli import _threads_list
 from pocket_ggml.bench.flops import count_flops
 from pocket_ggml.bench.report import RATIO_METRICS, RECORD_FIELDS
-from pocket_ggml.quantize.config import load_released_config
+from pocket_ggml.cli.bench import _threads_list
+from pocket_ggml.format.config import load_released_config
 from pocket_ggml.voices.store import synthetic_voice_audio
 
 SMALL = "english_2m_2026-10"
@@ -34,7 +34,7 @@ TEXT_FIELDS = {"backend", "variant", "stage_method", "roof_method", "weights_kin
 def _bench(args: list[str], cache: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, POCKET_GGML_CACHE=str(cache), HF_HUB_OFFLINE="1")
     return subprocess.run(
-        [sys.executable, "-m", "pocket_ggml.bench.cli", *args],
+        [sys.executable, "-m", "pocket_ggml.cli.bench", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -10,9 +10,10 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from pocket_ggml.bench.cli import main as bench_main
-from pocket_ggml.bench.plot import PlotUnavailable, plot_report
+from pocket_ggml.bench.plot import plot_report
 from pocket_ggml.bench.report import RECORD_FIELDS, STAGES, markdown, ratios
+from pocket_ggml.cli.bench import main as bench_main
+from pocket_ggml.errors import PlotUnavailable
 
 
 def _record(backend: str, variant: str, threads: int, rf: float, stages_ms: tuple[float, ...]) -> dict:

@@ -15,8 +15,8 @@ from _parity_runs import synthetic_model
 from click.testing import CliRunner
 
 from pocket_ggml import ggml_presets
-from pocket_ggml.bench.cli import main as bench_main
 from pocket_ggml.bench.report import markdown
+from pocket_ggml.cli.bench import main as bench_main
 from pocket_ggml.runtime import build_check, ggml_backend
 from pocket_ggml.runtime.model import PocketRuntime
 

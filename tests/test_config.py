@@ -7,13 +7,13 @@ import yaml
 from _reference import require_reference
 
 from pocket_ggml.errors import ConfigError
-from pocket_ggml.quantize.config import (
+from pocket_ggml.format.config import (
     PocketConfig,
     load_config_yaml,
     load_released_config,
     released_config_names,
 )
-from pocket_ggml.quantize.released_configs import RELEASED_CONFIGS
+from pocket_ggml.format.released_configs import RELEASED_CONFIGS
 
 
 def test_table_holds_every_config_the_reference_ships():

@@ -7,7 +7,7 @@ import pytest
 from _parity_runs import synthetic_model
 
 from pocket_ggml import ParameterError, TTSModel
-from pocket_ggml.quantize.config import TextRules
+from pocket_ggml.format.config import TextRules
 from pocket_ggml.runtime.text import Tokenizer, prepare_text_prompt, shorten_first_chunk, split_into_best_sentences
 
 TEXT = "Well, the weather today is quite nice and warm for the season, and we should go out. Then we rest."

@@ -10,7 +10,7 @@ import textwrap
 import gguf
 from _parity_runs import synthetic_model
 
-from pocket_ggml.quantize.ggml_types import QUANT_SIZES, FileType, GGMLType, GGUFValueType
+from pocket_ggml.format.ggml_types import QUANT_SIZES, FileType, GGMLType, GGUFValueType
 
 
 def test_tensor_types_and_block_sizes_are_gguf_pys():

@@ -10,9 +10,9 @@ import pytest
 from _ggml_parity import REL_TOL, rel_err, weights_from_torch
 from _reference import reference_model, require_reference
 
+from pocket_ggml.format.config import load_released_config
 from pocket_ggml.ggml_graphs.flow_lm import flow_head_sample
 from pocket_ggml.ggml_graphs.mlp import simple_mlp_adaln
-from pocket_ggml.quantize.config import load_released_config
 from pocket_ggml.runtime.ggml_backend import CpuBackend, GraphRunner
 
 ROWS = 3

@@ -8,6 +8,7 @@ import pytest
 from _ggml_parity import REL_TOL, rel_err, weights_from_torch
 from _reference import reference_model, require_reference
 
+from pocket_ggml.format.config import load_released_config
 from pocket_ggml.ggml_graphs.attention import KVCache, attention_inputs
 from pocket_ggml.ggml_graphs.flow_lm import (
     flow_lm_step,
@@ -22,7 +23,6 @@ from pocket_ggml.ggml_graphs.transformer import (
     streaming_transformer,
     transformer_layer,
 )
-from pocket_ggml.quantize.config import load_released_config
 from pocket_ggml.runtime.ggml_backend import CpuBackend, GraphRunner, StateStore
 
 CONFIGS = ["english", "english_2m_2026-10", "english_7m_2026-10"]

@@ -7,13 +7,13 @@ import pytest
 from _ggml_parity import REL_TOL, rel_err, weights_from_torch
 from _reference import reference_model, require_reference
 
+from pocket_ggml.format.config import load_released_config
 from pocket_ggml.ggml_graphs.mimi_resample import (
     conv_downsample,
     conv_tr_upsample,
     conv_tr_upsample_state_shapes,
     quantizer_output_proj,
 )
-from pocket_ggml.quantize.config import load_released_config
 from pocket_ggml.runtime.ggml_backend import CpuBackend, GraphRunner, StateStore
 
 CONFIGS = ["english", "english_2m_2026-10"]

@@ -7,6 +7,7 @@ import pytest
 from _ggml_parity import REL_TOL, rel_err, weights_from_torch
 from _reference import reference_model, require_reference
 
+from pocket_ggml.format.config import load_released_config
 from pocket_ggml.ggml_graphs.attention import KVCache, attention_inputs, stateless_plan
 from pocket_ggml.ggml_graphs.transformer import (
     TransformerShape,
@@ -14,7 +15,6 @@ from pocket_ggml.ggml_graphs.transformer import (
     layer_caches,
     projected_transformer,
 )
-from pocket_ggml.quantize.config import load_released_config
 from pocket_ggml.runtime.ggml_backend import CpuBackend, GraphRunner, StateStore
 
 CASES = [  # (config, latent frames per decoder call, in order)

@@ -12,7 +12,8 @@ import pytest
 from _ggml_parity import REL_TOL, rel_err
 from _parity_runs import TEXT, reference_run, synthetic_model
 
-from pocket_ggml.runtime.flow_lm import FlowLM, GenerationError
+from pocket_ggml.errors import GenerationError
+from pocket_ggml.runtime.flow_lm import FlowLM
 from pocket_ggml.runtime.generate import latents_after_prompt
 from pocket_ggml.runtime.model import PocketRuntime
 

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 import pocket_ggml
 import pocket_ggml.api
-from pocket_ggml.errors import ParameterError
-from pocket_ggml.runtime.markup import MAX_PAUSE_SECONDS, MarkupError, Pause, parse_markup
+from pocket_ggml.errors import MarkupError, ParameterError
+from pocket_ggml.runtime.markup import MAX_PAUSE_SECONDS, Pause, parse_markup
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from _reference import require_reference, shared_path
 
-from pocket_ggml.quantize.config import load_released_config, released_config_names
-from pocket_ggml.quantize.names import (
+from pocket_ggml.format.config import load_released_config, released_config_names
+from pocket_ggml.format.names import (
     GGUF_MAX_NAME,
     Layout,
     expected_tensors,

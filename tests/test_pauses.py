@@ -19,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pocket_ggml import ParameterError, TTSModel
+from pocket_ggml.errors import MarkupError, TextError
 from pocket_ggml.runtime.generate import estimate_max_frames
-from pocket_ggml.runtime.markup import MarkupError
-from pocket_ggml.runtime.text import TextError, prepare_text_prompt
+from pocket_ggml.runtime.text import prepare_text_prompt
 
 SMALL = "english_2m_2026-10"
 RATE = 24000
@@ -192,7 +192,7 @@ def test_any_text_with_markers_is_its_pieces_and_pauses_or_the_documented_error(
 # ---------------------------------------------------------------------- pocket-speak
 def _speak(args: list[str], stdin: bytes | None = None) -> subprocess.CompletedProcess:
     model = str(synthetic_model(SMALL)[1])
-    cmd = [sys.executable, "-m", "pocket_ggml.speak_cli", "--model", model, "--temp", "0", "--eos-threshold", "inf"]
+    cmd = [sys.executable, "-m", "pocket_ggml.cli.speak", "--model", model, "--temp", "0", "--eos-threshold", "inf"]
     return subprocess.run([*cmd, *args], input=stdin, capture_output=True, timeout=300, check=False)
 
 

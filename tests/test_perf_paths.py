@@ -9,8 +9,8 @@ from _ggml_parity import rel_err
 from _parity_runs import synthetic_model
 from gguf import GGMLQuantizationType
 
+from pocket_ggml.format.config import load_released_config
 from pocket_ggml.ggml_graphs.seanet import seanet_decoder, seanet_decoder_plan, seanet_state_shapes
-from pocket_ggml.quantize.config import load_released_config
 from pocket_ggml.runtime.flow_lm import FlowLM
 from pocket_ggml.runtime.ggml_backend import (
     GGML_TYPE_F16,

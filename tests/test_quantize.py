@@ -13,12 +13,12 @@ import safetensors.numpy
 from click.testing import CliRunner
 from gguf import GGMLQuantizationType as T
 
+from pocket_ggml.cli.quantize import main as quantize_cli
 from pocket_ggml.errors import ModelFileError
+from pocket_ggml.format.config import load_released_config
+from pocket_ggml.format.names import expected_tensors, from_released
 from pocket_ggml.quantize import convert as convert_module
-from pocket_ggml.quantize.cli import main as quantize_cli
-from pocket_ggml.quantize.config import load_released_config
 from pocket_ggml.quantize.convert import check_tokenizer, convert, read_tokenizer
-from pocket_ggml.quantize.names import expected_tensors, from_released
 from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.quantize.synthetic import synthetic_tensors, synthetic_tokenizer
 from pocket_ggml.runtime.model_file import ModelFile
@@ -312,7 +312,7 @@ def _bad_cases(tmp: Path, tok: Path, small: dict[str, np.ndarray]):
 def test_bad_inputs_exit_2_with_one_line(tmp_path, tokenizer_path, small_tensors):
     for case, args in _bad_cases(tmp_path, tokenizer_path, small_tensors).items():
         r = subprocess.run(
-            [sys.executable, "-m", "pocket_ggml.quantize.cli", *args], capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "pocket_ggml.cli.quantize", *args], capture_output=True, text=True, timeout=120
         )
         assert r.returncode == 2, (case, r.returncode, r.stderr)
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from _parity_runs import synthetic_model
 
-from pocket_ggml.runtime.flow_lm import FlowLM, GenerationError, sample_noise
+from pocket_ggml.errors import GenerationError
+from pocket_ggml.runtime.flow_lm import FlowLM, sample_noise
 from pocket_ggml.runtime.generate import generate_latents
 from pocket_ggml.runtime.ggml_backend import CpuBackend
 from pocket_ggml.runtime.model_file import ModelFile

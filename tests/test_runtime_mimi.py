@@ -14,14 +14,14 @@ import pytest
 from _ggml_parity import REL_TOL, rel_err
 from _parity_runs import SEED, Dump, reference_run, synthetic_model
 
-from pocket_ggml.errors import ModelFileError
-from pocket_ggml.quantize.config import load_released_config
+from pocket_ggml.errors import AudioError, LatentError, ModelFileError
+from pocket_ggml.format.config import load_released_config
 from pocket_ggml.quantize.convert import convert, read_tokenizer
 from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.runtime.ggml_backend import CpuBackend, WeightStore
-from pocket_ggml.runtime.mimi import ENCODER_CHUNK_FRAMES, LatentError, MimiDecoder, MimiEncoder, MimiHidden
+from pocket_ggml.runtime.mimi import ENCODER_CHUNK_FRAMES, MimiDecoder, MimiEncoder, MimiHidden
 from pocket_ggml.runtime.model_file import ModelFile
-from pocket_ggml.voices.audio import AudioError, prepare_voice_prompt, read_audio
+from pocket_ggml.voices.audio import prepare_voice_prompt, read_audio
 
 CONFIGS = ["english", "english_2m_2026-10"]
 TEMPS = [0.0, 0.3]

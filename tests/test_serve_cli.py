@@ -20,7 +20,7 @@ from _server import ROOT, free_port, running_server
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     return subprocess.run(
-        [sys.executable, "-m", "pocket_ggml.serve", *args],
+        [sys.executable, "-m", "pocket_ggml.cli.serve", *args],
         check=False,
         env=env,
         capture_output=True,

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from _reference import shared_path
 
-from pocket_ggml.serve.pool import ModelPool, Overloaded, default_workers
-from pocket_ggml.serve.registry import VOICE_ID, UnknownVoice, VoiceRegistry, VoiceRegistryError
+from pocket_ggml.errors import Overloaded, UnknownVoice, VoiceRegistryError
+from pocket_ggml.serve.pool import ModelPool, default_workers
+from pocket_ggml.serve.registry import VOICE_ID, VoiceRegistry
 
 LONG_TEXT = " ".join(f"This is sentence number {i}, spoken only to keep the instance busy." for i in range(60))
 

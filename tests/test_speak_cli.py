@@ -12,8 +12,8 @@ import soundfile as sf
 from _parity_runs import synthetic_model
 from click.testing import CliRunner
 
-from pocket_ggml.speak_cli import _pcm16
-from pocket_ggml.speak_cli import main as speak
+from pocket_ggml.cli.speak import _pcm16
+from pocket_ggml.cli.speak import main as speak
 
 SMALL = "english_2m_2026-10"
 FIXED = ["--temp", "0", "--eos-threshold", "inf", "--max-tokens", "50"]
@@ -37,7 +37,7 @@ def test_stdin_lines_stream_as_raw_pcm_through_a_pipe(tmp_path, voice_wav):
     cmd = [
         sys.executable,
         "-m",
-        "pocket_ggml.speak_cli",
+        "pocket_ggml.cli.speak",
         "--model",
         model,
         "--voice",
@@ -67,7 +67,7 @@ def test_a_sentence_ends_within_a_line_and_sounds_as_through_the_api(voice_wav):
 
     model = str(synthetic_model(SMALL, "Q4_K_M")[1])
     sampling = ["--seed", "3", "--eos-threshold", "-2"]
-    cmd = [sys.executable, "-m", "pocket_ggml.speak_cli", "--model", model, "--voice", str(voice_wav), "--stream"]
+    cmd = [sys.executable, "-m", "pocket_ggml.cli.speak", "--model", model, "--voice", str(voice_wav), "--stream"]
     proc = subprocess.Popen(cmd + sampling + ["-q"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     proc.stdin.write(b"Hello there my friend. How ")
     proc.stdin.flush()
@@ -101,7 +101,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, voice_wav):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     for args in cases:
         r = subprocess.run(
-            [sys.executable, "-m", "pocket_ggml.speak_cli", *args], capture_output=True, text=True, timeout=120, env=env
+            [sys.executable, "-m", "pocket_ggml.cli.speak", *args], capture_output=True, text=True, timeout=120, env=env
         )
         lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "synthetic weights" not in ln]
         assert r.returncode == 2, (args, r.stderr)
@@ -116,7 +116,7 @@ def test_list_voices(tmp_path):
 
 def test_quantize_stores_voices_computed_with_its_own_weights(tmp_path, voice_wav):
     from pocket_ggml import TTSModel
-    from pocket_ggml.quantize.cli import main as quantize
+    from pocket_ggml.cli.quantize import main as quantize
 
     out = tmp_path / "voiced.gguf"
     r = CliRunner().invoke(

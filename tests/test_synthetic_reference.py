@@ -8,8 +8,8 @@ import numpy as np
 import soundfile as sf
 from _reference import require_reference
 
-from pocket_ggml.quantize.cli import save_synthetic_safetensors
-from pocket_ggml.quantize.config import load_released_config
+from pocket_ggml.format.config import load_released_config
+from pocket_ggml.quantize.synthetic import save_synthetic_safetensors
 
 FRAMES = 8
 MIN_WAVEFORM_STD = 0.01  # the torch-side maker gives std ~0.1-0.3; a DC-only decoder gives ~0

@@ -7,8 +7,9 @@ from _reference import require_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pocket_ggml.quantize.config import TextRules, load_released_config
-from pocket_ggml.runtime.text import TextError, Tokenizer, prepare_text_prompt, split_into_best_sentences
+from pocket_ggml.errors import TextError
+from pocket_ggml.format.config import TextRules, load_released_config
+from pocket_ggml.runtime.text import Tokenizer, prepare_text_prompt, split_into_best_sentences
 
 SAMPLES = [
     "hello world",

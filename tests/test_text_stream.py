@@ -8,7 +8,7 @@ from _ggml_parity import rel_err
 from _parity_runs import synthetic_model
 
 from pocket_ggml import ParameterError, TTSModel
-from pocket_ggml.quantize.config import TextRules
+from pocket_ggml.format.config import TextRules
 from pocket_ggml.runtime.model import PocketRuntime
 from pocket_ggml.runtime.prefill import IncrementalPrompt
 from pocket_ggml.runtime.text import (

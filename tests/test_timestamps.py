@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pocket_ggml import TimestampedAudio, TimestampsUnavailable, TTSModel, WordEnd, WordStart
-from pocket_ggml.quantize.config import load_released_config
+from pocket_ggml.format.config import load_released_config
 from pocket_ggml.runtime.flow_lm import TextAttention
 from pocket_ggml.runtime.generate import estimate_max_frames
 from pocket_ggml.runtime.model import PocketRuntime
@@ -320,7 +320,7 @@ CLI_TEXT = "Hello world, this is a test. Of the pocket runtime!"
 def _speak(*args: str):
     from click.testing import CliRunner
 
-    from pocket_ggml.speak_cli import main as speak
+    from pocket_ggml.cli.speak import main as speak
 
     return CliRunner().invoke(speak, ["--model", str(shaped_model(SHAPED, LAG)[1]), *args, *FIXED])
 
@@ -370,7 +370,7 @@ def test_cli_stream_echoes_events_as_json_lines_on_stderr_over_stdin_lines(tmp_p
     import sys
 
     out = tmp_path / "words.json"
-    cmd = [sys.executable, "-m", "pocket_ggml.speak_cli", "--model", str(shaped_model(SHAPED, LAG)[1])]
+    cmd = [sys.executable, "-m", "pocket_ggml.cli.speak", "--model", str(shaped_model(SHAPED, LAG)[1])]
     cmd += ["--voice", str(voice_wav), "--stream", "--timestamps", str(out), "-q", *FIXED]
     lines = "Hello world, this is a test.\nOf the pocket runtime.\n"
     r = subprocess.run(cmd, input=lines.encode(), capture_output=True, timeout=300, check=False)

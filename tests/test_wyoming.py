@@ -27,13 +27,13 @@ from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
 from pocket_ggml import TTSModel
+from pocket_ggml.errors import UnknownVoice, WyomingServiceError
 from pocket_ggml.serve.formats import pcm16
 from pocket_ggml.serve.pool import ModelPool
-from pocket_ggml.serve.registry import UnknownVoice, VoiceRegistry
+from pocket_ggml.serve.registry import VoiceRegistry
 from pocket_ggml.serve.wyoming import (
     SERVICE_TYPE,
     SentenceStream,
-    WyomingServiceError,
     model_languages,
     serve_wyoming,
     zeroconf_service_info,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pocket_ggml.errors import PocketError
-from pocket_ggml.quantize.config import PocketConfig
+from pocket_ggml.errors import BenchSetupError, PocketError
+from pocket_ggml.format.config import PocketConfig
 
 SPEECH_WORDS_PER_SECOND = 2.6  # a typical read-speech rate: sizes the default text to the frames
 DEFAULT_TEXT_SOURCE = (
@@ -32,10 +32,6 @@ DEFAULT_TEXT_SOURCE = (
     "smiled at the thought of closing early for once."
 )
 BENCH_CACHE_VERSION = "v2"  # as voices.store.CACHE_VERSION
-
-
-class BenchSetupError(PocketError):
-    """A benchmark that cannot be set up as asked (bad option combination, missing file)."""
 
 
 def bench_cache() -> Path:
@@ -66,7 +62,7 @@ def synthetic_gguf(mix: str) -> Path:
         return store.default_model_path()
     path = bench_cache() / f"synthetic-{store.DEFAULT_CONFIG}-{m.name.lower()}-{BENCH_CACHE_VERSION}.gguf"
     if not path.exists():
-        from pocket_ggml.quantize.config import load_released_config
+        from pocket_ggml.format.config import load_released_config
         from pocket_ggml.quantize.convert import check_tokenizer, convert
         from pocket_ggml.quantize.synthetic import synthetic_tokenizer
 
@@ -165,8 +161,8 @@ def reference_weights(facts: ModelFacts, model_arg: str | None) -> Path:
     if facts.weights_kind == "synthetic":
         if facts.synthetic_seed is None:
             raise BenchSetupError(f"{facts.path} is synthetic but does not record its seed")
-        from pocket_ggml.quantize.cli import save_synthetic_safetensors
-        from pocket_ggml.quantize.config import load_released_config
+        from pocket_ggml.format.config import load_released_config
+        from pocket_ggml.quantize.synthetic import save_synthetic_safetensors
 
         try:
             cfg = load_released_config(facts.config_name)

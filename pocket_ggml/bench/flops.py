@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pocket_ggml.format.config import FlowLMConfig, MimiConfig, MimiTransformerConfig, PocketConfig
+from pocket_ggml.format.names import TIMESTEP_FREQ_DIM
 from pocket_ggml.ggml_graphs.seanet import SeanetConv, SeanetResBlock, seanet_decoder_plan
-from pocket_ggml.quantize.config import FlowLMConfig, MimiConfig, MimiTransformerConfig, PocketConfig
-from pocket_ggml.quantize.names import TIMESTEP_FREQ_DIM
 
 
 def _mm(n_in: int, n_out: int, rows: int = 1) -> int:

@@ -42,8 +42,8 @@ import click
 import numpy as np
 
 import pocket_ggml
-from pocket_ggml.errors import PocketError
-from pocket_ggml.quantize.config import load_released_config
+from pocket_ggml.errors import ParityError, PocketError
+from pocket_ggml.format.config import load_released_config
 from pocket_ggml.quantize.policy import DEFAULT_MIX, MIXES, get_mix
 
 if TYPE_CHECKING:
@@ -59,10 +59,6 @@ SHARED = REPO_ROOT.parent / "shared"  # what developers and CI have beside the r
 BASELINE = "F32"
 
 ProgressFn = Callable[[str], None]
-
-
-class ParityError(PocketError):
-    """The parity run cannot be done (reference missing, bad inputs, reference run failed)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -149,8 +145,8 @@ def _require_file(path: Path | None, what: str, option: str) -> Path:
 
 def ensure_models(workdir: Workdir, config: str, mixes: tuple[str, ...], tokenizer: Path) -> dict[str, Path]:
     """The synthetic checkpoint (key "safetensors") and a GGUF per mix, made unless already there."""
-    from pocket_ggml.quantize.cli import save_synthetic_safetensors
     from pocket_ggml.quantize.convert import convert, read_tokenizer
+    from pocket_ggml.quantize.synthetic import save_synthetic_safetensors
 
     cfg = load_released_config(config)
     workdir.root.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pocket_ggml.bench.report import STAGES
-from pocket_ggml.errors import PocketError
+from pocket_ggml.errors import PlotUnavailable
 
 STAGE_LABELS = {
     "flow_lm_transformer": "FlowLM transformer",
@@ -33,10 +33,6 @@ BACKEND_COLOURS = {
     ("pocket-tts", "fp32"): "#9a9a9a",
     ("pocket-tts", "int8"): "#5a5a5a",
 }
-
-
-class PlotUnavailable(PocketError):
-    """--plot without matplotlib installed."""
 
 
 def require_matplotlib() -> None:
@@ -79,7 +75,7 @@ def plot_report(doc: Mapping[str, Any], path: str | Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from pocket_ggml.quantize.convert import atomic_output
+    from pocket_ggml.files import atomic_write
 
     records = _ordered(doc["results"])
     if not records:
@@ -158,11 +154,6 @@ def plot_report(doc: Mapping[str, Any], path: str | Path) -> Path:
     right.grid(axis="x", alpha=0.3)
 
     out = Path(path)
-    tmp = atomic_output(out)
-    try:
+    with atomic_write(out) as tmp:
         fig.savefig(tmp, format="png")
-        tmp.replace(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return out

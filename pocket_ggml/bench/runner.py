@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from pocket_ggml.errors import PocketError
+from pocket_ggml.errors import BenchRunError, ReferenceUnavailable
 
 CHILD_TIMEOUT_S = 3600
 IMPORT_OURS = "import pocket_ggml; from pocket_ggml import TTSModel"
@@ -40,14 +40,6 @@ _VERSION_PROBE = (
     "    try: print(p, m.version(p))\n"
     "    except m.PackageNotFoundError: print(p, '-')\n"
 )
-
-
-class BenchRunError(PocketError):
-    """A benchmark child process failed (its stderr tail is in the message)."""
-
-
-class ReferenceUnavailable(PocketError):
-    """--reference without torch / pocket_tts in the reference interpreter."""
 
 
 def child_env(threads: list[int], mimi_threads: int | None, pycache: Path) -> dict[str, str]:

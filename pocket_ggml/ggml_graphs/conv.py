@@ -8,7 +8,7 @@ builder reads the old value and schedules the write of the new one in the same g
 
 A convolution is im2col + mul_mat: ggml's conv_1d aborts on an F32 kernel and rounds through F16
 otherwise, and conv_transpose_1d is ~40x slower than mul_mat + col2im_1d at Mimi sizes. Kernels are
-matrices as stored (pocket_ggml.quantize.names): Conv1d (C_out, C_in*K), i.e. ne [C_in*K, C_out];
+matrices as stored (pocket_ggml.format.names): Conv1d (C_out, C_in*K), i.e. ne [C_in*K, C_out];
 ConvTranspose1d (C_out*K, C_in), i.e. ne [C_in, K*C_out]. Any type mul_mat takes works (F32, F16,
 quantized when the row fits the block size).
 

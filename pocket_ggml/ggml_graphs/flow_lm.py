@@ -13,11 +13,11 @@ from collections.abc import Sequence
 import ggml
 import numpy as np
 
+from pocket_ggml.format.config import FlowLMConfig
 from pocket_ggml.ggml_graphs.attention import AttentionInputs, LayerKV, ScoreTap
 from pocket_ggml.ggml_graphs.mlp import simple_mlp_adaln
 from pocket_ggml.ggml_graphs.nn import Weights, expect_shape, layer_norm, linear, rows, weight, width
 from pocket_ggml.ggml_graphs.transformer import NORM_EPS, TransformerShape, streaming_transformer
-from pocket_ggml.quantize.config import FlowLMConfig
 from pocket_ggml.runtime.ggml_backend import GGML_TYPE_I32, Graph, Tensor, ggml_type_of, tensor_nb, tensor_ne
 
 PREFIX = "flow_lm"

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 import ggml
 
+from pocket_ggml.format.config import MimiConfig
 from pocket_ggml.ggml_graphs.conv import (
     check_activation,
     check_conv1d,
@@ -20,7 +21,6 @@ from pocket_ggml.ggml_graphs.conv import (
     streaming_conv1d,
 )
 from pocket_ggml.ggml_graphs.nn import Weights, weight
-from pocket_ggml.quantize.config import MimiConfig
 from pocket_ggml.runtime.ggml_backend import GGML_TYPE_F32, Graph, Tensor, ggml_type_of
 
 UPSAMPLE = "upsample.convtr"  # the reference's module paths under MimiModel (weights and state)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import ggml
 
+from pocket_ggml.format.config import FlowLMConfig
+from pocket_ggml.format.names import TIMESTEP_FREQ_DIM
 from pocket_ggml.ggml_graphs.nn import (
     Weights,
     chunk_rows,
@@ -21,8 +23,6 @@ from pocket_ggml.ggml_graphs.nn import (
     rows,
     weight,
 )
-from pocket_ggml.quantize.config import FlowLMConfig
-from pocket_ggml.quantize.names import TIMESTEP_FREQ_DIM
 from pocket_ggml.runtime.ggml_backend import Graph, Tensor
 
 RMS_NORM_EPS = 1e-5  # the TimestepEmbedder's final RMSNorm

@@ -1,7 +1,7 @@
 """Small building blocks shared by the graph builders: weight lookup, shape checks, norms, linear.
 
 Activations are ggml tensors with the feature axis innermost: a (T, d) numpy matrix is `ne = [d, T]`.
-Weights are looked up by the reference's module path through `pocket_ggml.quantize.names`, so a
+Weights are looked up by the reference's module path through `pocket_ggml.format.names`, so a
 builder reads like the torch module it mirrors while the store is keyed by GGUF names.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import ggml
 
 from pocket_ggml.errors import ModelFileError
-from pocket_ggml.quantize.names import from_released
+from pocket_ggml.format.names import from_released
 from pocket_ggml.runtime.ggml_backend import Tensor, tensor_nb, tensor_ne
 
 Weights = Mapping[str, Tensor]  # GGUF name -> ggml tensor (a WeightStore)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import ggml
 
+from pocket_ggml.format.config import SEANetConfig
 from pocket_ggml.ggml_graphs.conv import conv1d_history, streaming_conv1d, streaming_conv_transpose1d
 from pocket_ggml.ggml_graphs.nn import Weights, expect_shape, gguf_name, weight
-from pocket_ggml.quantize.config import SEANetConfig
 from pocket_ggml.runtime.ggml_backend import Graph, Tensor, tensor_ne
 
 ENCODER = "encoder.model"  # the reference's module paths under MimiModel

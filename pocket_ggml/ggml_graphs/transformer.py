@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import ggml
 
+from pocket_ggml.format.config import FlowLMConfig, MimiTransformerConfig
 from pocket_ggml.ggml_graphs.attention import (
     AttentionInputs,
     AttentionShape,
@@ -28,7 +29,6 @@ from pocket_ggml.ggml_graphs.nn import (
     weight,
     width,
 )
-from pocket_ggml.quantize.config import FlowLMConfig, MimiTransformerConfig
 from pocket_ggml.runtime.ggml_backend import GGML_TYPE_F32, Graph, StateStore, Tensor
 
 NORM_EPS = 1e-5  # nn.LayerNorm(d_model, eps=1e-5) for norm1, norm2 and FlowLM's out_norm

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from pocket_ggml.errors import CheckpointError
-from pocket_ggml.quantize.config import PocketConfig
-from pocket_ggml.quantize.names import encoder_tensor_names, expected_tensors
+from pocket_ggml.format.config import PocketConfig
+from pocket_ggml.format.names import encoder_tensor_names, expected_tensors
 
 _DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "F64": np.dtype("<f8")}
 _MAX_HEADER = 100 * 1024 * 1024

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,9 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from pocket_ggml.errors import OutputError, TokenizerError
+from pocket_ggml.files import atomic_write
+from pocket_ggml.format.config import PocketConfig
+from pocket_ggml.format.ggml_types import GGMLType
+from pocket_ggml.format.names import expected_tensors, from_released, stored_shape, to_stored_layout
 from pocket_ggml.quantize.checkpoint import SafetensorsCheckpoint, check_against_config
-from pocket_ggml.quantize.config import PocketConfig
-from pocket_ggml.quantize.ggml_types import GGMLType
 from pocket_ggml.quantize.gguf_format import (
     ARCH,
     TOKENIZER_TENSOR,
@@ -31,7 +32,6 @@ from pocket_ggml.quantize.gguf_format import (
     voice_tensor_name,
     write_metadata,
 )
-from pocket_ggml.quantize.names import expected_tensors, from_released, stored_shape, to_stored_layout
 from pocket_ggml.quantize.policy import Mix, choose_type, type_nbytes
 from pocket_ggml.quantize.synthetic import synthetic_tensors
 
@@ -135,17 +135,6 @@ def rel_rms_error(original: np.ndarray, encoded: np.ndarray, qtype: GGMLType) ->
     return float(err / ref) if ref > 0 else float(err)
 
 
-def atomic_output(output: Path) -> Path:
-    """An empty temporary file beside `output` (same filesystem, so the final rename is atomic),
-    with the permissions a plain `open()` would have given the destination."""
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".part")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    os.close(fd)
-    return Path(tmp)
-
-
 def convert(
     cfg: PocketConfig,
     output: str | Path,
@@ -217,33 +206,30 @@ def convert(
         if checkpoint is not None
         else synthetic_tensors(cfg, synthetic_seed, with_encoder=with_encoder)  # type: ignore[arg-type]
     )
-    tmp = atomic_output(output)
-    try:
-        writer.write_header_to_file(tmp)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for rec, (released, array) in zip(records, source, strict=True):
-            assert rec.released_name == released
-            tn = from_released(released)
-            stored = to_stored_layout(array, tn.rule.layout).reshape(rec.shape)
-            encoded = _encode(stored, rec.qtype)
-            if measure_error:
-                rec.rel_rms_error = rel_rms_error(stored, encoded, rec.qtype)
-            writer.write_tensor_data(encoded)
-            if progress:
-                progress(rec.gguf_name)
-        writer.write_tensor_data(np.frombuffer(tokenizer.data, dtype=np.int8))
-        for k, v in voices.values():
-            writer.write_tensor_data(np.ascontiguousarray(k, dtype=np.float32))
-            writer.write_tensor_data(np.ascontiguousarray(v, dtype=np.float32))
-        writer.flush()
-        os.fsync(writer.fout[0].fileno())
-        writer.close()
-        os.replace(tmp, output)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(output) as tmp:
+        try:
+            writer.write_header_to_file(tmp)
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for rec, (released, array) in zip(records, source, strict=True):
+                assert rec.released_name == released
+                tn = from_released(released)
+                stored = to_stored_layout(array, tn.rule.layout).reshape(rec.shape)
+                encoded = _encode(stored, rec.qtype)
+                if measure_error:
+                    rec.rel_rms_error = rel_rms_error(stored, encoded, rec.qtype)
+                writer.write_tensor_data(encoded)
+                if progress:
+                    progress(rec.gguf_name)
+            writer.write_tensor_data(np.frombuffer(tokenizer.data, dtype=np.int8))
+            for k, v in voices.values():
+                writer.write_tensor_data(np.ascontiguousarray(k, dtype=np.float32))
+                writer.write_tensor_data(np.ascontiguousarray(v, dtype=np.float32))
+            writer.flush()
+            writer.close()
+        except BaseException:
+            writer.close()
+            raise
     result = ConversionResult(output, cfg, mix.name, with_encoder, weights_kind, records)
     result.input_bytes = (
         checkpoint.path.stat().st_size if checkpoint is not None else 4 * sum(r.n_params for r in records)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pocket_ggml.errors import ModelFileError
-from pocket_ggml.quantize.config import (
+from pocket_ggml.format.config import (
     FlowLMConfig,
     GenerationDefaults,
     MimiConfig,

@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass
 
 from pocket_ggml.errors import QuantizationError
-from pocket_ggml.quantize.ggml_types import QUANT_SIZES, FileType, GGMLType
-from pocket_ggml.quantize.names import Role
+from pocket_ggml.format.ggml_types import QUANT_SIZES, FileType, GGMLType
+from pocket_ggml.format.names import Role
 
 T = GGMLType
 TENSOR_TYPES: dict[str, T] = {

@@ -13,11 +13,13 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
-from pocket_ggml.quantize.config import PocketConfig
-from pocket_ggml.quantize.names import expected_tensors
+from pocket_ggml.files import atomic_write
+from pocket_ggml.format.config import PocketConfig
+from pocket_ggml.format.names import expected_tensors
 
 MIMI_CONV_GAIN = 2.0  # variance-preserving conv init: N(0, 2 / fan_in)
 MIMI_LAYER_SCALE = 0.2  # the config's 0.01 makes the Mimi transformers ~identity
@@ -129,3 +131,17 @@ def synthetic_tokenizer(n_pieces: int) -> bytes:
         # longer pieces win (single characters cost extra), earlier ones break ties
         model.pieces.add(piece=piece, score=-0.001 * i - (5.0 if len(piece) == 1 else 0.0))
     return model.SerializeToString()
+
+
+def save_synthetic_safetensors(cfg: PocketConfig, seed: int, path: Path) -> None:
+    """The synthetic weights in the released layout (F32), for the reference to load; atomic."""
+    import safetensors.numpy
+
+    tensors = dict(synthetic_tensors(cfg, seed))
+    meta = {
+        "pocket_tts_config": cfg.name,
+        "seed": str(seed),
+        "generator": "pocket-ggml synthetic (NOT trained weights)",
+    }
+    with atomic_write(path) as tmp:
+        safetensors.numpy.save_file(tensors, str(tmp), metadata=meta)

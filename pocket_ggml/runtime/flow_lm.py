@@ -13,7 +13,8 @@ from functools import cached_property
 
 import numpy as np
 
-from pocket_ggml.errors import PocketError
+from pocket_ggml.errors import GenerationError
+from pocket_ggml.format.config import PocketConfig
 from pocket_ggml.ggml_graphs.attention import KVCache, ScoreTap, attention_arrays, attention_inputs
 from pocket_ggml.ggml_graphs.flow_lm import (
     flow_lm_step,
@@ -22,7 +23,6 @@ from pocket_ggml.ggml_graphs.flow_lm import (
     replace_nan_with_bos,
 )
 from pocket_ggml.ggml_graphs.transformer import TransformerShape, kv_cache_specs, layer_caches
-from pocket_ggml.quantize.config import PocketConfig
 from pocket_ggml.runtime.ggml_backend import (
     GGML_TYPE_F16,
     GGML_TYPE_F32,
@@ -34,10 +34,6 @@ from pocket_ggml.runtime.ggml_backend import (
 
 CACHE_NAME = "lm"
 STEP_KEYS = 32  # a step graph is kept for this many steps (see FlowLM._call)
-
-
-class GenerationError(PocketError):
-    """A generation request that cannot run (e.g. a prompt longer than the model can hold)."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pocket_ggml.runtime.flow_lm import FlowLM, FlowLMOutput, FlowLMSnapshot, GenerationError, TextAttention
+from pocket_ggml.errors import GenerationError
+from pocket_ggml.runtime.flow_lm import FlowLM, FlowLMOutput, FlowLMSnapshot, TextAttention
 
 MIN_FRAMES_BEFORE_EOS = 6  # before speech starts, some voices' EOS logit crosses the threshold
 TOKENS_PER_SECOND_ESTIMATE = 3.0

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from pocket_ggml.errors import QuantizationError
-from pocket_ggml.quantize.ggml_types import QUANT_SIZES, GGMLType
+from pocket_ggml.format.ggml_types import QUANT_SIZES, GGMLType
 
 os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 # libgomp reads this when ggml is loaded. Its default spins at every barrier, which turns each one

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pocket_ggml.errors import ModelFileError
-from pocket_ggml.quantize.ggml_types import QUANT_SIZES, GGMLType, GGUFValueType
+from pocket_ggml.format.ggml_types import QUANT_SIZES, GGMLType, GGUFValueType
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)  # same layout; gguf-py reads both

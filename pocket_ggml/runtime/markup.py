@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pocket_ggml.errors import ParameterError
+from pocket_ggml.errors import MarkupError
 
 MAX_PAUSE_SECONDS = 10.0
 _SNIPPET = 40  # characters of the offending markup quoted in an error
@@ -48,14 +48,6 @@ _ALWAYS_MARKUP = re.compile(r"</?(?:break|speak)\b", re.IGNORECASE)
 _DECLARATION = re.compile(r"<[?!][^<>]*>")
 _ENTITY = re.compile(r"&(?:(amp|lt|gt|quot|apos)|#([0-9]{1,7})|#[xX]([0-9a-fA-F]{1,6}));")
 _NAMED_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
-
-
-class MarkupError(ParameterError):
-    """A pause marker or tag that cannot be read; `position` is the index in the text where it starts."""
-
-    def __init__(self, what: str, position: int, hint: str = ""):
-        super().__init__(f"{what} at position {position}" + (f": {hint}" if hint else ""))
-        self.position = position
 
 
 @dataclass(frozen=True)

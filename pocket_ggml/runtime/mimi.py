@@ -24,7 +24,9 @@ from typing import Literal, overload
 import ggml
 import numpy as np
 
-from pocket_ggml.errors import ModelFileError, PocketError
+from pocket_ggml.errors import AudioError, LatentError, ModelFileError
+from pocket_ggml.format.config import PocketConfig
+from pocket_ggml.format.names import expected_tensors
 from pocket_ggml.ggml_graphs.attention import AttentionPlan, KVCache, attention_arrays, attention_inputs
 from pocket_ggml.ggml_graphs.conv import (
     channel_fast_kernel,
@@ -52,8 +54,6 @@ from pocket_ggml.ggml_graphs.seanet import (
     seanet_state_shapes,
 )
 from pocket_ggml.ggml_graphs.transformer import TransformerShape, kv_cache_specs, layer_caches, projected_transformer
-from pocket_ggml.quantize.config import PocketConfig
-from pocket_ggml.quantize.names import expected_tensors
 from pocket_ggml.runtime.ggml_backend import (
     GGML_TYPE_F16,
     GGML_TYPE_F32,
@@ -71,7 +71,6 @@ from pocket_ggml.runtime.ggml_backend import (
     dequantize,
     has_llamafile,
 )
-from pocket_ggml.voices.audio import AudioError
 
 DECODER_TRANSFORMER = "decoder_transformer"  # module names under MimiModel (weights and KV state)
 ENCODER_TRANSFORMER = "encoder_transformer"
@@ -123,10 +122,6 @@ def prepare_decoder_weights(cfg: PocketConfig, weights: WeightStore, backend: Cp
             if name.startswith(f"mimi.{DECODER_TRANSFORMER}.") and ggml_type in _K_QUANTS:
                 copies[gguf] = as_f16(dequantize(weights.get(gguf), ggml_type, weights.shape(gguf)))
     weights.put(backend, copies)
-
-
-class LatentError(PocketError):
-    """Latents the Mimi decoder cannot take (wrong shape, too many frames, NaN or infinite values)."""
 
 
 @dataclass(frozen=True)

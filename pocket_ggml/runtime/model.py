@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pocket_ggml.errors import PocketError
-from pocket_ggml.quantize.names import Role, from_gguf
+from pocket_ggml.errors import VoiceCloningUnavailable
+from pocket_ggml.format.names import Role, from_gguf
 from pocket_ggml.runtime.build_check import warn_if_slow_build
 from pocket_ggml.runtime.flow_lm import FlowLM, FlowLMSnapshot, sample_noise
 from pocket_ggml.runtime.generate import (
@@ -57,10 +57,6 @@ def prepare_weights(weights: WeightStore, backend: CpuBackend) -> None:
         if row is not None and row.rule.role in _MATMUL_ROLES and repackable(ggml_type, shape):
             repack.append(name)
     weights.repack(backend, repack)
-
-
-class VoiceCloningUnavailable(PocketError):
-    """The model file was made without the Mimi encoder (`pocket-quantize --no-encoder`)."""
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,16 @@ from pathlib import Path
 import numpy as np
 
 from pocket_ggml.errors import ModelFileError, PocketError
-from pocket_ggml.quantize.config import PocketConfig
-from pocket_ggml.quantize.ggml_types import QUANT_SIZES, GGMLType, GGUFValueType
+from pocket_ggml.format.config import PocketConfig
+from pocket_ggml.format.ggml_types import QUANT_SIZES, GGMLType, GGUFValueType
+from pocket_ggml.format.names import (
+    Role,
+    expected_tensors,
+    from_gguf,
+    from_released,
+    stored_shape,
+    to_released_layout,
+)
 from pocket_ggml.quantize.gguf_format import (
     TOKENIZER_TENSOR,
     VOICE_TENSOR_PREFIX,
@@ -37,14 +45,6 @@ from pocket_ggml.quantize.gguf_format import (
     _mimi_tr_key,
     _seanet_key,
     read_metadata,
-)
-from pocket_ggml.quantize.names import (
-    Role,
-    expected_tensors,
-    from_gguf,
-    from_released,
-    stored_shape,
-    to_released_layout,
 )
 from pocket_ggml.quantize.policy import TENSOR_TYPES
 from pocket_ggml.runtime.ggml_backend import CpuBackend, TensorSpec, WeightStore, dequantize

@@ -12,18 +12,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from pocket_ggml.errors import PocketError, TokenizerError
-from pocket_ggml.quantize.config import TextRules
+from pocket_ggml.errors import TextError, TokenizerError
+from pocket_ggml.format.config import TextRules
 
 MAX_TOKENS_PER_CHUNK = 50
 _DECIMAL_WINDOW = 8  # tokens decoded on each side of a sentence end to spot a decimal point
 _TERMINAL_PUNCTUATION = ".!?\u2026"
 _WEAK_PUNCTUATION = ",;:-\u2013\u2014"
 _CLOSERS = "\"'\u201d\u2019)]\u00bb"
-
-
-class TextError(PocketError):
-    """Text that cannot be spoken (empty after preparation)."""
 
 
 class Tokenizer:

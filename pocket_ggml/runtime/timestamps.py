@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pocket_ggml.errors import PocketError
+from pocket_ggml.errors import TimestampsUnavailable
 
 # The fork's config/*.yaml `timestamp_heads`, (layer, head), in its order (which fixes the order of
 # the float sums). Configs that share weights share heads; pocket-tts-timestamped has no entry for
@@ -64,10 +64,6 @@ TIMESTAMP_HEADS: dict[str, tuple[tuple[int, int], ...]] = {
 
 SILENCE_RMS = float(np.float32(1e-3))  # the fork's threshold is a float32 1e-3
 LATER_WORD_THRESHOLD = 0.001  # below this score, any later word taking over ends the open word
-
-
-class TimestampsUnavailable(PocketError):
-    """Word timestamps asked of a model whose config has no timestamp heads."""
 
 
 def timestamp_heads(config_name: str) -> tuple[tuple[int, int], ...]:

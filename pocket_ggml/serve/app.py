@@ -27,11 +27,11 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pocket_ggml.errors import PocketError
+from pocket_ggml.errors import Overloaded, PocketError, UnknownVoice
 from pocket_ggml.serve.formats import MEDIA_TYPES, UNSUPPORTED, Encoder
 from pocket_ggml.serve.metrics import Metrics
-from pocket_ggml.serve.pool import ModelPool, Overloaded
-from pocket_ggml.serve.registry import MAX_CLIP_BYTES, UnknownVoice, VoiceRegistry
+from pocket_ggml.serve.pool import ModelPool
+from pocket_ggml.serve.registry import MAX_CLIP_BYTES, VoiceRegistry
 from pocket_ggml.voices.state import VoiceState
 
 logger = logging.getLogger("pocket_ggml.serve")

@@ -24,23 +24,14 @@ from typing import TypeVar
 import numpy as np
 
 from pocket_ggml.api import TTSModel
-from pocket_ggml.errors import PocketError
+from pocket_ggml.errors import Overloaded, PocketError, VoiceStateError
 from pocket_ggml.runtime.model import usable_cpus
-from pocket_ggml.voices.state import VoiceState, VoiceStateError
+from pocket_ggml.voices.state import VoiceState
 
 T = TypeVar("T")
 
 # Chunks (80 ms each) decoded ahead of a slow client before the generation waits for it.
 READ_AHEAD_CHUNKS = 8
-
-
-class Overloaded(PocketError):
-    """Every instance is busy and the waiting queue is full (or the wait for an instance timed out)."""
-
-    def __init__(self, message: str, retry_after: float, *, timed_out: bool = False):
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.timed_out = timed_out  # waited in the queue for too long (else: the queue was full)
 
 
 class _Finished:

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pocket_ggml.errors import PocketError
-from pocket_ggml.quantize.convert import atomic_output
+from pocket_ggml.errors import AudioError, UnknownVoice, VoiceRegistryError, VoiceStateError
+from pocket_ggml.files import atomic_write
 from pocket_ggml.serve.pool import ModelPool
-from pocket_ggml.voices.audio import AudioError
-from pocket_ggml.voices.state import VoiceState, VoiceStateError, load_voice_state, save_voice_state
+from pocket_ggml.voices.state import VoiceState, load_voice_state, save_voice_state
 
 VOICE_ID = re.compile(r"voice-[0-9a-f]{16}")
 MAX_CLIP_SECONDS = 120
@@ -35,14 +34,6 @@ MAX_CLIP_BYTES = 20 * 1024 * 1024
 MAX_NAME_CHARS = 100
 _CACHED_STATES = 32  # registered voice states kept in memory (a few MB each)
 _STALE_PART_SECONDS = 60  # temp files of a write interrupted by a crash, cleared at startup after this
-
-
-class UnknownVoice(PocketError):
-    """A voice that is neither stored in the model nor registered."""
-
-
-class VoiceRegistryError(PocketError):
-    """A registration the server cannot do (the model has no voice encoder, a stored voice cannot be deleted)."""
 
 
 @dataclass(frozen=True)
@@ -162,16 +153,14 @@ class VoiceRegistry:
 
     def _write(self, state: VoiceState, path: Path, meta: Path, info: VoiceInfo) -> None:
         save_voice_state(VoiceState(state.snapshot, source=info.name), path)
-        tmp = atomic_output(meta)
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump({"name": info.name, "created": info.created, "model": self.pool.model_name}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, meta)
+            with atomic_write(meta) as tmp:
+                tmp.write_text(
+                    json.dumps({"name": info.name, "created": info.created, "model": self.pool.model_name}),
+                    encoding="utf-8",
+                )
         except BaseException:
-            tmp.unlink(missing_ok=True)
-            path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)  # a state without its metadata is an orphan: removed with it
             raise
 
     def delete(self, voice_id: str) -> VoiceInfo:

@@ -60,11 +60,11 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
-from pocket_ggml.errors import PocketError
-from pocket_ggml.runtime.text import _CLOSERS, _TERMINAL_PUNCTUATION, TextError
+from pocket_ggml.errors import Overloaded, PocketError, TextError, UnknownVoice, WyomingServiceError
+from pocket_ggml.runtime.text import _CLOSERS, _TERMINAL_PUNCTUATION
 from pocket_ggml.serve.formats import pcm16
-from pocket_ggml.serve.pool import ModelPool, Overloaded
-from pocket_ggml.serve.registry import UnknownVoice, VoiceRegistry
+from pocket_ggml.serve.pool import ModelPool
+from pocket_ggml.serve.registry import VoiceRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +90,6 @@ _LANGUAGES = {
 # The sentence end of the runtime's text rules (runtime.text): a run of terminal punctuation, closing quotes or
 # brackets after it, then white space. "3.5" has no space after its point, so it never ends a sentence.
 _SENTENCE_END = re.compile(f"[{re.escape(_TERMINAL_PUNCTUATION)}]+[{re.escape(_CLOSERS)}]*\\s")
-
-
-class WyomingServiceError(PocketError):
-    """The service cannot start as asked (a bad URI, seed or cap; the address is in use)."""
 
 
 class _Refusal(Exception):

@@ -11,11 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pocket_ggml.errors import PocketError
-
-
-class AudioError(PocketError):
-    """Audio that cannot be read or used as a voice prompt."""
+from pocket_ggml.errors import AudioError
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:

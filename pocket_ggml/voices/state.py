@@ -8,23 +8,18 @@ under `transformer.layers.N.self_attn/cache`, with `offset`) are imported into i
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pocket_ggml.errors import PocketError
+from pocket_ggml.errors import VoiceStateError
 from pocket_ggml.runtime.flow_lm import FlowLMSnapshot
 
 FORMAT = "pocket-ggml-voice"
 FORMAT_VERSION = "1"
 _OFFICIAL_KEY = re.compile(r"transformer\.layers\.(\d+)\.self_attn/(cache|offset|current_end|pad)")
-
-
-class VoiceStateError(PocketError):
-    """A voice-state file that cannot be read or does not fit the model."""
 
 
 @dataclass(frozen=True)
@@ -51,24 +46,17 @@ def save_voice_state(state: VoiceState, path: str | Path) -> None:
     """Write atomically (temp file + rename): an interrupted save leaves any previous file intact."""
     import safetensors.numpy
 
-    from pocket_ggml.quantize.convert import atomic_output
+    from pocket_ggml.files import atomic_write
 
     path = Path(path)
     if not path.parent.is_dir():
         raise VoiceStateError(f"folder {str(path.parent)!r} does not exist")
-    tmp = atomic_output(path)
-    try:
+    with atomic_write(path) as tmp:
         safetensors.numpy.save_file(
             {"k": np.ascontiguousarray(state.snapshot.k), "v": np.ascontiguousarray(state.snapshot.v)},
             str(tmp),
             metadata={"format": FORMAT, "version": FORMAT_VERSION, "source": state.source[:200]},
         )
-        with open(tmp, "rb") as written:  # on disk before the rename: a power cut leaves no empty state behind
-            os.fsync(written.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def load_voice_state(path: str | Path) -> VoiceState:

@@ -20,19 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pocket_ggml.errors import PocketError, TokenizerError
+from pocket_ggml.errors import ModelNotAvailable, TokenizerError, VoiceStateError
 from pocket_ggml.quantize.gguf_format import voice_tensor_name
-from pocket_ggml.voices.state import VoiceState, VoiceStateError, load_voice_state
+from pocket_ggml.voices.state import VoiceState, load_voice_state
 
 DEFAULT_CONFIG = "english"
 DEFAULT_MIX = "Q4_K_M"
 DEFAULT_VOICE = "synthetic"
 CACHE_VERSION = "v2"  # v2: synthetic checkpoints identical across machines (float64 freqs)
 HF_REPO = "kyutai/pocket-tts"
-
-
-class ModelNotAvailable(PocketError):
-    """A model name that cannot be resolved here (no network, or huggingface_hub missing)."""
 
 
 def cache_dir() -> Path:
@@ -111,7 +107,7 @@ def default_model_path() -> Path:
     """The embedded default: synthetic english Q4_K_M with a stored synthetic voice."""
     path = cache_dir() / f"synthetic-{DEFAULT_CONFIG}-{DEFAULT_MIX.lower()}-{CACHE_VERSION}.gguf"
     if not path.exists():
-        from pocket_ggml.quantize.config import load_released_config
+        from pocket_ggml.format.config import load_released_config
         from pocket_ggml.quantize.convert import check_tokenizer, convert
         from pocket_ggml.quantize.policy import get_mix
         from pocket_ggml.quantize.synthetic import synthetic_tokenizer
@@ -151,8 +147,8 @@ def resolve_model(
 
 def _convert_checkpoint(src: Path, config: str | None, tokenizer: str | Path | None, quantization: str) -> Path:
     from pocket_ggml.errors import CheckpointError
+    from pocket_ggml.format.config import load_released_config
     from pocket_ggml.quantize.checkpoint import SafetensorsCheckpoint
-    from pocket_ggml.quantize.config import load_released_config
     from pocket_ggml.quantize.convert import convert, read_tokenizer
     from pocket_ggml.quantize.policy import get_mix
 
@@ -174,7 +170,7 @@ def _convert_checkpoint(src: Path, config: str | None, tokenizer: str | Path | N
 
 
 def _download(name: str, quantization: str) -> Path:
-    from pocket_ggml.quantize.config import released_config_names
+    from pocket_ggml.format.config import released_config_names
 
     local = "give a local .gguf, or a released model.safetensors with tokenizer=..., or None for the synthetic default"
     if name not in released_config_names():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -11,18 +10,18 @@ import click
 import numpy as np
 
 from pocket_ggml.errors import CheckpointError, ConfigError, PocketError
-from pocket_ggml.quantize.checkpoint import SafetensorsCheckpoint
-from pocket_ggml.quantize.config import (
+from pocket_ggml.format.config import (
     DEFAULT_CONFIG,
     PocketConfig,
     load_config_yaml,
     load_released_config,
     released_config_names,
 )
-from pocket_ggml.quantize.convert import ConversionResult, atomic_output, check_tokenizer, convert, read_tokenizer
-from pocket_ggml.quantize.names import expected_tensors
+from pocket_ggml.format.names import expected_tensors
+from pocket_ggml.quantize.checkpoint import SafetensorsCheckpoint
+from pocket_ggml.quantize.convert import ConversionResult, check_tokenizer, convert, read_tokenizer
 from pocket_ggml.quantize.policy import DEFAULT_MIX, MIXES, get_mix, parse_overrides
-from pocket_ggml.quantize.synthetic import synthetic_tensors, synthetic_tokenizer
+from pocket_ggml.quantize.synthetic import save_synthetic_safetensors, synthetic_tokenizer
 
 
 def _resolve_config(config: str | None, config_yaml: str | None, ckpt: SafetensorsCheckpoint | None) -> PocketConfig:
@@ -35,25 +34,6 @@ def _resolve_config(config: str | None, config_yaml: str | None, ckpt: Safetenso
         if config is None:
             raise ConfigError("this checkpoint does not name its config: give --config NAME or --config-yaml PATH")
     return load_released_config(config or DEFAULT_CONFIG)
-
-
-def save_synthetic_safetensors(cfg: PocketConfig, seed: int, path: Path) -> None:
-    """The synthetic weights in the released layout (F32), for the reference to load; atomic."""
-    import safetensors.numpy
-
-    tensors = dict(synthetic_tensors(cfg, seed))
-    meta = {
-        "pocket_tts_config": cfg.name,
-        "seed": str(seed),
-        "generator": "pocket-ggml synthetic (NOT trained weights)",
-    }
-    tmp = atomic_output(path)
-    try:
-        safetensors.numpy.save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _parse_voices(specs: tuple[str, ...]) -> dict[str, str]:

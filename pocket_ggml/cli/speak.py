@@ -27,18 +27,13 @@ def _write_audio(path: Path, audio: np.ndarray, rate: int) -> None:
     """soundfile, atomically: an interrupted write leaves any previous file intact."""
     import soundfile as sf
 
-    from pocket_ggml.quantize.convert import atomic_output
+    from pocket_ggml.files import atomic_write
 
     fmt = _FORMATS[path.suffix.lower()]
     if not path.parent.is_dir():
         raise PocketError(f"folder {str(path.parent)!r} does not exist")
-    tmp = atomic_output(path)
-    try:
+    with atomic_write(path) as tmp:
         sf.write(str(tmp), audio, rate, format=fmt, subtype="VORBIS" if fmt == "OGG" else "PCM_16")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class _StdinPieces:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pocket_ggml.quantize.config import PocketConfig, SEANetConfig
+from pocket_ggml.format.config import PocketConfig, SEANetConfig
 
 GGUF_MAX_NAME = 63
 

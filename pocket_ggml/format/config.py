@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pocket_ggml.errors import ConfigError
-from pocket_ggml.quantize.released_configs import RELEASED_CONFIGS
+from pocket_ggml.format.released_configs import RELEASED_CONFIGS
 
 DEFAULT_CONFIG = "english"
 FLOW_TYPES = ("lsd", "flow_matching", "drifting", "pointwise")

@@ -209,7 +209,8 @@ def main(
         return
     try:
         if plot_path:
-            from pocket_ggml.bench.plot import PlotUnavailable, require_matplotlib
+            from pocket_ggml.bench.plot import require_matplotlib
+            from pocket_ggml.errors import PlotUnavailable
 
             require_matplotlib()
             if not Path(plot_path).resolve().parent.is_dir():

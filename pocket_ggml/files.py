@@ -1,0 +1,38 @@
+"""One way to write a file a user keeps: all of it or none of it.
+
+Every writer (GGUF files, voice states, audio, subtitles, registry metadata, plots) goes through
+`atomic_write`, so an interrupted or failed write leaves whatever was at the destination untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yields an empty temporary file beside `path` to write. When the block ends normally the file is
+    flushed to disk (a power cut must not leave an empty file behind the rename) and renamed over
+    `path`; when it raises, the temporary file is removed and `path` is as it was.
+
+    The temporary file lives in the destination's folder (same filesystem: the rename is atomic) and gets
+    the permissions a plain `open()` would have given the destination."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    tmp = Path(name)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        os.close(fd)
+        yield tmp
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

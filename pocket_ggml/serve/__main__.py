@@ -1,3 +1,0 @@
-from pocket_ggml.serve.cli import main
-
-main()
