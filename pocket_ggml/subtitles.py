@@ -11,9 +11,12 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from pocket_ggml.api import WordTimestamp
+import numpy as np
+
+from pocket_ggml.api import WordEnd, WordTimestamp
 from pocket_ggml.errors import OutputError
 from pocket_ggml.files import atomic_write
+from pocket_ggml.runtime.markup import parse_markup, spoken_text
 from pocket_ggml.runtime.timestamps import source_words
 
 FORMATS = (".srt", ".vtt", ".json")
@@ -78,3 +81,45 @@ def write(path: Path, text: str, words: Sequence[WordTimestamp], duration: float
     check_destination(path)
     with atomic_write(path) as tmp:
         tmp.write_text(render(path, text, words, duration), encoding="utf-8")
+
+
+class Transcript:
+    """The timed words of one run over every text it speaks, one after the other (lines of standard input:
+    times and word indices go on from the previous text's), for one subtitle file."""
+
+    def __init__(self, sample_rate: int):
+        self.sample_rate = sample_rate
+        self.text = ""  # the texts spoken so far, one per line
+        self.samples = 0  # of the texts before the current one
+        self.current = 0  # samples of the current text
+        self.first_index = 0  # word index of the current text's first word
+        self.words: list[WordTimestamp] = []
+
+    def add(self, item) -> dict | None:
+        """Take an item of `generate_audio_stream(..., timestamps=True)`: a chunk of audio moves the clock; a
+        word event is returned as the JSON-ready event, its time and index on the whole run's count."""
+        if isinstance(item, np.ndarray):
+            self.current += len(item)
+            return None
+        start, index = self._later(item.start_time), item.word_index + self.first_index
+        if isinstance(item, WordEnd):
+            end = self._later(item.end_time)
+            self.words.append(WordTimestamp(item.word, index, start, end))
+            return {"event": "word_end", "word": item.word, "word_index": index, "start_time": start, "end_time": end}
+        return {"event": "word_start", "word": item.word, "word_index": index, "start_time": start}
+
+    def _later(self, seconds: float) -> float:
+        """A time of the current text on the clock of the whole run (event times count samples)."""
+        return (self.samples + round(seconds * self.sample_rate)) / self.sample_rate
+
+    def end_text(self, text: str, markup: bool) -> None:
+        """The current text is spoken: the next one's times and word indices follow on."""
+        if markup:  # word indices count the words spoken, not the markers'
+            text = spoken_text(parse_markup(text))
+        self.first_index += len(source_words(text))
+        self.text += text.rstrip("\n") + "\n"
+        self.samples += self.current
+        self.current = 0
+
+    def write(self, path: Path) -> None:
+        write(path, self.text, self.words, self.samples / self.sample_rate)

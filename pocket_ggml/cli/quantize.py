@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import numpy as np
 
-from pocket_ggml.errors import CheckpointError, ConfigError, PocketError
+from pocket_ggml.cli.common import CONTEXT_SETTINGS, exit_on_pocket_error
+from pocket_ggml.errors import CheckpointError, ConfigError
 from pocket_ggml.format.config import (
     DEFAULT_CONFIG,
     PocketConfig,
@@ -19,21 +19,58 @@ from pocket_ggml.format.config import (
 )
 from pocket_ggml.format.names import expected_tensors
 from pocket_ggml.quantize.checkpoint import SafetensorsCheckpoint
-from pocket_ggml.quantize.convert import ConversionResult, check_tokenizer, convert, read_tokenizer
+from pocket_ggml.quantize.convert import Tokenizer, check_tokenizer, convert, read_tokenizer
 from pocket_ggml.quantize.policy import DEFAULT_MIX, MIXES, get_mix, parse_overrides
+from pocket_ggml.quantize.summary import conversion_summary
 from pocket_ggml.quantize.synthetic import save_synthetic_safetensors, synthetic_tokenizer
 
 
-def _resolve_config(config: str | None, config_yaml: str | None, ckpt: SafetensorsCheckpoint | None) -> PocketConfig:
-    if config and config_yaml:
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """One pocket-quantize command line, as click parsed it (the fields are the options' names)."""
+
+    checkpoint: str | None
+    config: str | None
+    config_yaml: str | None
+    tokenizer: str | None
+    output: str | None
+    mix: str
+    tensor_types: tuple[str, ...]
+    no_encoder: bool
+    report: bool
+    synthetic: str | None
+    seed: int
+    save_safetensors: str | None
+    voices: tuple[str, ...]
+    name: str | None
+    list_configs: bool
+    quiet: bool
+
+
+def _resolve_config(options: QuantizeOptions, ckpt: SafetensorsCheckpoint | None) -> PocketConfig:
+    """--config-yaml, else --synthetic's or --config's name, else the one the checkpoint names."""
+    if options.synthetic is not None:
+        if options.config:
+            raise click.UsageError("--synthetic names the config itself")
+        return load_config_yaml(options.config_yaml) if options.config_yaml else load_released_config(options.synthetic)
+    if options.config and options.config_yaml:
         raise ConfigError("give --config or --config-yaml, not both")
-    if config_yaml:
-        return load_config_yaml(config_yaml)
+    if options.config_yaml:
+        return load_config_yaml(options.config_yaml)
+    config = options.config
     if config is None and ckpt is not None:
         config = ckpt.metadata.get("pocket_tts_config")
         if config is None:
             raise ConfigError("this checkpoint does not name its config: give --config NAME or --config-yaml PATH")
     return load_released_config(config or DEFAULT_CONFIG)
+
+
+def _resolve_tokenizer(options: QuantizeOptions, cfg: PocketConfig) -> Tokenizer:
+    if options.tokenizer:
+        return read_tokenizer(options.tokenizer, cfg.flow_lm.n_bins)
+    if options.synthetic is not None:
+        return check_tokenizer(synthetic_tokenizer(cfg.flow_lm.n_bins), "sentencepiece", cfg.flow_lm.n_bins)
+    raise click.UsageError("--tokenizer is required with a checkpoint")
 
 
 def _parse_voices(specs: tuple[str, ...]) -> dict[str, str]:
@@ -50,45 +87,7 @@ def _parse_voices(specs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _summary(result: ConversionResult, report: bool) -> str:
-    by_type: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for r in result.tensors:
-        row = by_type[r.qtype.name]
-        row[0] += 1
-        row[1] += r.n_params
-        row[2] += r.n_bytes
-    lines = [
-        f"{result.output}: {result.config.name}, {result.mix}, {result.weights_kind} weights, "
-        f"encoder {'kept' if result.has_encoder else 'dropped'}, {result.seconds:.1f} s",
-        "",
-        "| type | tensors | parameters | bytes |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, (n, p, b) in sorted(by_type.items(), key=lambda kv: -kv[1][2]):
-        lines.append(f"| {name} | {n} | {p:,} | {b:,} |")
-    total_p = sum(r.n_params for r in result.tensors)
-    lines.append(f"| **total** | {len(result.tensors)} | {total_p:,} | {result.output_bytes:,} (file) |")
-    lines.append("")
-    lines.append(
-        f"file {result.output_bytes / 1e6:.1f} MB, {result.output_bytes / result.input_bytes:.3f} of the input "
-        f"({result.input_bytes / 1e6:.1f} MB{', as F32' if result.weights_kind == 'synthetic' else ''})"
-    )
-    if report:
-        lines += ["", "| tensor | type | shape | rel. RMS error |", "|---|---|---|---:|"]
-        for r in result.tensors:
-            err = "-" if r.rel_rms_error is None else f"{r.rel_rms_error:.2e}"
-            lines.append(f"| {r.gguf_name} | {r.qtype.name} | {'x'.join(map(str, r.shape))} | {err} |")
-        quantized = [r for r in result.tensors if r.rel_rms_error is not None and r.qtype.name != "F32"]
-        if quantized:
-            w = np.array([r.n_params for r in quantized], dtype=np.float64)
-            e = np.array([r.rel_rms_error for r in quantized])
-            lines.append(
-                f"\nparameter-weighted mean rel. RMS error of non-F32 tensors: {float((w * e).sum() / w.sum()):.2e}"
-            )
-    return "\n".join(lines)
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
 @click.option(
     "--config", "config", metavar="NAME", help=f"released config (default: the file's own, else {DEFAULT_CONFIG})"
@@ -125,24 +124,7 @@ def _summary(result: ConversionResult, report: bool) -> str:
 @click.option("--name", help="general.name of the GGUF")
 @click.option("--list-configs", is_flag=True, help="list the released configs and exit")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
-def main(
-    checkpoint,
-    config,
-    config_yaml,
-    tokenizer,
-    output,
-    mix,
-    tensor_types,
-    no_encoder,
-    report,
-    synthetic,
-    seed,
-    save_safetensors,
-    voices,
-    name,
-    list_configs,
-    quiet,
-) -> None:
+def main(**params) -> None:
     """Convert a released Pocket TTS checkpoint (model.safetensors, with or without voice cloning;
     F32, BF16 or mixed) into one self-contained GGUF, or make a synthetic one.
 
@@ -150,83 +132,40 @@ def main(
       pocket-quantize model.safetensors --config english --tokenizer tokenizer.model -o english-q4_k_m.gguf
       pocket-quantize --synthetic english --seed 0 -o synth-english-f32.gguf --type F32
     """
-    if list_configs:
+    options = QuantizeOptions(**params)
+    if options.list_configs:
         click.echo("\n".join(released_config_names()))
         return
-    try:
-        _run(
-            checkpoint,
-            config,
-            config_yaml,
-            tokenizer,
-            output,
-            mix,
-            tensor_types,
-            no_encoder,
-            report,
-            synthetic,
-            seed,
-            save_safetensors,
-            voices,
-            name,
-            quiet,
-        )
-    except PocketError as e:
-        click.echo(f"pocket-quantize: error: {e}", err=True)
-        sys.exit(2)
+    with exit_on_pocket_error("pocket-quantize: error: "):
+        _run(options)
 
 
-def _run(
-    checkpoint,
-    config,
-    config_yaml,
-    tokenizer,
-    output,
-    mix_name,
-    tensor_types,
-    no_encoder,
-    report,
-    synthetic,
-    seed,
-    save_safetensors,
-    voices,
-    name,
-    quiet,
-) -> None:
-    if output is None:
+def _run(options: QuantizeOptions) -> None:
+    if options.output is None:
         raise click.UsageError("missing -o/--output")
-    if (checkpoint is None) == (synthetic is None):
+    if (options.checkpoint is None) == (options.synthetic is None):
         raise click.UsageError("give a CHECKPOINT or --synthetic CONFIG (one of them)")
-    if save_safetensors and synthetic is None:
+    if options.save_safetensors and options.synthetic is None:
         raise click.UsageError("--save-safetensors goes with --synthetic")
-    mix = get_mix(mix_name)
-    overrides = parse_overrides(tensor_types)
-    voice_sources = _parse_voices(voices)
+    mix = get_mix(options.mix)
+    overrides = parse_overrides(options.tensor_types)
+    voice_sources = _parse_voices(options.voices)
     ckpt = None
-    if synthetic is not None:
-        if config:
-            raise click.UsageError("--synthetic names the config itself")
-        cfg = load_config_yaml(config_yaml) if config_yaml else load_released_config(synthetic)
-    else:
-        if not Path(checkpoint).is_file():
-            raise CheckpointError(f"{checkpoint}: no such file")
-        ckpt = SafetensorsCheckpoint(checkpoint)
-        cfg = _resolve_config(config, config_yaml, ckpt)
-    if tokenizer:
-        tok = read_tokenizer(tokenizer, cfg.flow_lm.n_bins)
-    elif synthetic is not None:
-        tok = check_tokenizer(synthetic_tokenizer(cfg.flow_lm.n_bins), "sentencepiece", cfg.flow_lm.n_bins)
-    else:
-        raise click.UsageError("--tokenizer is required with a checkpoint")
+    if options.checkpoint is not None:
+        if not Path(options.checkpoint).is_file():
+            raise CheckpointError(f"{options.checkpoint}: no such file")
+        ckpt = SafetensorsCheckpoint(options.checkpoint)
+    cfg = _resolve_config(options, ckpt)
+    tok = _resolve_tokenizer(options, cfg)
 
-    if save_safetensors:
-        save_synthetic_safetensors(cfg, seed, Path(save_safetensors))
-    n_tensors = len(expected_tensors(cfg, with_encoder=not no_encoder))
+    if options.save_safetensors:
+        save_synthetic_safetensors(cfg, options.seed, Path(options.save_safetensors))
+    n_tensors = len(expected_tensors(cfg, with_encoder=not options.no_encoder))
     with click.progressbar(
         length=n_tensors * (2 if voice_sources else 1),
         label="quantizing",
         file=sys.stderr,
-        hidden=quiet or not sys.stderr.isatty(),
+        hidden=options.quiet or not sys.stderr.isatty(),
     ) as bar:
 
         def write(path: Path, states):
@@ -236,11 +175,11 @@ def _run(
                 mix,
                 tok,
                 checkpoint=ckpt,
-                synthetic_seed=seed if synthetic is not None else None,
-                keep_encoder=not no_encoder,
+                synthetic_seed=options.seed if options.synthetic is not None else None,
+                keep_encoder=not options.no_encoder,
                 overrides=overrides,
-                measure_error=report,
-                name=name,
+                measure_error=options.report,
+                name=options.name,
                 progress=lambda _name: bar.update(1),
                 voices=states,
             )
@@ -248,10 +187,10 @@ def _run(
         if voice_sources:
             from pocket_ggml.voices.store import convert_with_voices
 
-            result = convert_with_voices(write, Path(output), voice_sources)
+            result = convert_with_voices(write, Path(options.output), voice_sources)
         else:
-            result = write(Path(output), None)
-    click.echo(_summary(result, report))
+            result = write(Path(options.output), None)
+    click.echo(conversion_summary(result, options.report))
 
 
 if __name__ == "__main__":

@@ -7,33 +7,64 @@ import json
 import logging
 import os
 import sys
-import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import numpy as np
 
+from pocket_ggml import audio_file
+from pocket_ggml.cli.common import CONTEXT_SETTINGS, exit_on_pocket_error
 from pocket_ggml.errors import PocketError
 
-_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
+# The options that are `TTSModel.load_model`'s keywords of the same names.
+_LOAD_OPTIONS = (
+    "threads",
+    "mimi_threads",
+    "temp",
+    "lsd_decode_steps",
+    "noise_clamp",
+    "eos_threshold",
+    "frames_after_eos",
+    "max_tokens",
+    "seed",
+)
+PROGRESS_FRAMES = 25  # a progress line every 2 s of audio
+
+
+@dataclass(frozen=True)
+class SpeakOptions:
+    """One pocket-speak command line, as click parsed it (the fields are the options' names)."""
+
+    text: str | None
+    voice: str | None
+    model: str | None
+    output: str | None
+    stream: bool
+    markup: bool
+    temp: float | None
+    lsd_decode_steps: int
+    eos_threshold: float | None
+    noise_clamp: float | None
+    frames_after_eos: int | None
+    max_tokens: int
+    seed: int | None
+    threads: int
+    mimi_threads: int
+    timestamps_file: str | None
+    list_voices: bool
+    quiet: bool
 
 
 def _pcm16(chunk: np.ndarray) -> bytes:
     return (np.clip(chunk, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
 
-def _write_audio(path: Path, audio: np.ndarray, rate: int) -> None:
-    """soundfile, atomically: an interrupted write leaves any previous file intact."""
-    import soundfile as sf
-
-    from pocket_ggml.files import atomic_write
-
-    fmt = _FORMATS[path.suffix.lower()]
-    if not path.parent.is_dir():
-        raise PocketError(f"folder {str(path.parent)!r} does not exist")
-    with atomic_write(path) as tmp:
-        sf.write(str(tmp), audio, rate, format=fmt, subtype="VORBIS" if fmt == "OGG" else "PCM_16")
+def _send(chunk: np.ndarray) -> None:
+    """Raw 16-bit PCM on stdout, at once: the player behind the pipe is waiting for it."""
+    sys.stdout.buffer.write(_pcm16(chunk))
+    sys.stdout.buffer.flush()
 
 
 class _StdinPieces:
@@ -68,7 +99,7 @@ class _StdinPieces:
             self.buffer += self.decoder.decode(data, final=self.eof)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--text", help="the text to speak (default: read standard input)")
 @click.option("--voice", help="audio file to clone, a voice stored in the model, or a voice-state .safetensors")
 @click.option("--model", help="pocket-tts GGUF (default: the synthetic english model, not speech)")
@@ -117,26 +148,7 @@ class _StdinPieces:
 )
 @click.option("--list-voices", is_flag=True, help="list the voices stored in the model and exit")
 @click.option("-q", "--quiet", is_flag=True, help="no progress on stderr")
-def main(
-    text,
-    voice,
-    model,
-    output,
-    stream,
-    markup,
-    temp,
-    lsd_decode_steps,
-    eos_threshold,
-    noise_clamp,
-    frames_after_eos,
-    max_tokens,
-    seed,
-    threads,
-    mimi_threads,
-    timestamps_file,
-    list_voices,
-    quiet,
-) -> None:
+def main(**params) -> None:
     """Speak TEXT with Pocket TTS through GGML.
 
     \b
@@ -147,186 +159,107 @@ def main(
     """
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
     try:
-        _run(
-            text,
-            voice,
-            model,
-            output,
-            stream,
-            markup,
-            temp,
-            lsd_decode_steps,
-            eos_threshold,
-            noise_clamp,
-            frames_after_eos,
-            max_tokens,
-            seed,
-            threads,
-            mimi_threads,
-            timestamps_file,
-            list_voices,
-            quiet,
-        )
-    except PocketError as e:
-        click.echo(f"pocket-speak: error: {e}", err=True)
-        sys.exit(2)
+        with exit_on_pocket_error("pocket-speak: error: "):
+            _run(SpeakOptions(**params))
     except BrokenPipeError:  # the player went away: stop quietly
         sys.stderr.close()
         sys.exit(0)
 
 
-def _run(
-    text,
-    voice,
-    model,
-    output,
-    stream,
-    markup,
-    temp,
-    lsd_decode_steps,
-    eos_threshold,
-    noise_clamp,
-    frames_after_eos,
-    max_tokens,
-    seed,
-    threads,
-    mimi_threads,
-    timestamps_file,
-    list_voices,
-    quiet,
-) -> None:
+def _run(options: SpeakOptions) -> None:
     from pocket_ggml import subtitles
     from pocket_ggml.api import TTSModel
 
-    if not list_voices and not output and not stream:
+    if not options.list_voices and not options.output and not options.stream:
         raise click.UsageError("give -o FILE or --stream")
-    if output and Path(output).suffix.lower() not in _FORMATS:
-        raise click.UsageError(f"-o must end in {', '.join(_FORMATS)}")
-    if timestamps_file:
-        subtitles.check_destination(Path(timestamps_file))
-    tts = TTSModel.load_model(
-        model,
-        threads=threads,
-        mimi_threads=mimi_threads,
-        temp=temp,
-        lsd_decode_steps=lsd_decode_steps,
-        noise_clamp=noise_clamp,
-        eos_threshold=eos_threshold,
-        frames_after_eos=frames_after_eos,
-        max_tokens=max_tokens,
-        seed=seed,
-    )
-    if list_voices:
+    if options.output and Path(options.output).suffix.lower() not in audio_file.FORMATS:
+        raise click.UsageError(f"-o must end in {', '.join(audio_file.FORMATS)}")
+    if options.timestamps_file:
+        subtitles.check_destination(Path(options.timestamps_file))
+    tts = TTSModel.load_model(options.model, **{name: getattr(options, name) for name in _LOAD_OPTIONS})
+    if options.list_voices:
         click.echo("\n".join(tts.voice_names) if tts.voice_names else "(no stored voices)")
         return
-    if tts.is_synthetic and not quiet:
+    if tts.is_synthetic and not options.quiet:
         click.echo(f"pocket-speak: {tts.model_path.name} has synthetic weights: the output is not speech", err=True)
+    voice = options.voice
     if voice is None:
         if not tts.voice_names:
             raise PocketError("this model stores no voice: give --voice (an audio file to clone)")
         voice = tts.voice_names[0]
-    state = tts.get_state_for_audio_prompt(voice)
-    words = _Words(tts.sample_rate, stream) if timestamps_file else None
+    speaker = _Speaker(tts, tts.get_state_for_audio_prompt(voice), options)
+    if options.stream and options.text is None:
+        speaker.speak_stdin()
+    else:
+        speaker.speak(options.text if options.text is not None else sys.stdin.read())
 
-    if stream and text is None:  # speak stdin as it arrives, each sentence once it ends
-        out = sys.stdout.buffer
-        if words is None:
+
+class _Speaker:
+    """One run's model, voice and options, and the transcript of what it speaks when --timestamps asks."""
+
+    def __init__(self, tts, state, options: SpeakOptions):
+        from pocket_ggml.subtitles import Transcript
+
+        self.tts = tts
+        self.state = state
+        self.options = options
+        self.transcript = Transcript(tts.sample_rate) if options.timestamps_file else None
+
+    def chunks(self, text: str) -> Iterator[np.ndarray]:
+        """The audio of `text`; its words go to the transcript, and as JSON lines to stderr when streaming."""
+        items = self.tts.generate_audio_stream(
+            self.state, text, markup=self.options.markup, timestamps=self.transcript is not None
+        )
+        for item in items:
+            if self.transcript is not None:
+                event = self.transcript.add(item)
+                if event is not None and self.options.stream:
+                    sys.stderr.write(json.dumps(event, ensure_ascii=False) + "\n")
+                    sys.stderr.flush()
+            if isinstance(item, np.ndarray):
+                yield item
+
+    def speak_stdin(self) -> None:
+        """Standard input as it arrives, each sentence once it ends, streamed."""
+        if self.transcript is None:
             stdin = _StdinPieces(sys.stdin.fileno())
             while not stdin.done:
-                for chunk in tts.generate_audio_for_text_stream(state, stdin.line(), markup=markup):
-                    out.write(_pcm16(chunk))
-                    out.flush()
+                for chunk in self.tts.generate_audio_for_text_stream(
+                    self.state, stdin.line(), markup=self.options.markup
+                ):
+                    _send(chunk)
             return
         # Word timestamps come with generate_audio_stream: each line is spoken as a text of its own.
         for line in sys.stdin:
             if line.strip():
-                for item in tts.generate_audio_stream(state, line, markup=markup, timestamps=True):
-                    if isinstance(item, np.ndarray):
-                        out.write(_pcm16(item))
-                        out.flush()
-                    words.add(item)
-                words.next_text(line, markup)
-        words.write(Path(timestamps_file))
-        return
-    if text is None:
-        text = sys.stdin.read()
-    chunks = []
-    stop = threading.Event()
-    frames = samples = 0
-    # Progress lines would break the JSON lines of word events on stderr.
-    progress = not quiet and not (stream and words is not None)
-    for item in tts.generate_audio_stream(state, text, stop=stop, markup=markup, timestamps=words is not None):
-        if words is not None:
-            words.add(item)
-        if not isinstance(item, np.ndarray):
-            continue
-        frames += 1
-        samples += item.size
-        if stream:
-            sys.stdout.buffer.write(_pcm16(item))
-            sys.stdout.buffer.flush()
-        if output:
-            chunks.append(item)
-        if progress and frames % 25 == 0:
-            click.echo(f"\rpocket-speak: {samples / tts.sample_rate:.1f} s of audio", err=True, nl=False)
-    if progress and frames >= 25:
-        click.echo("", err=True)
-    if output:
-        _write_audio(Path(output), np.concatenate(chunks) if chunks else np.zeros(0, np.float32), tts.sample_rate)
-    if words is not None:
-        words.next_text(text, markup)
-        words.write(Path(timestamps_file))
+                for chunk in self.chunks(line):
+                    _send(chunk)
+                self.transcript.end_text(line, self.options.markup)
+        self.transcript.write(Path(self.options.timestamps_file))
 
-
-class _Words:
-    """Word timestamps of one run, over every text it speaks (stdin lines one after the other: times
-    and word indices go on from the previous line's), echoed to stderr as JSON lines when streaming."""
-
-    def __init__(self, sample_rate: int, echo: bool):
-        self.sample_rate = sample_rate
-        self.echo = echo
-        self.text = ""  # the texts spoken so far, one per line
-        self.samples = 0  # of the texts before the current one
-        self.current = 0  # samples of the current text
-        self.first_index = 0  # word index of the current text's first word
-        self.words: list = []
-
-    def add(self, item) -> None:
-        from pocket_ggml.api import WordEnd, WordTimestamp
-
-        if isinstance(item, np.ndarray):
-            self.current += len(item)
-            return
-        start, index = self._later(item.start_time), item.word_index + self.first_index
-        if isinstance(item, WordEnd):
-            end = self._later(item.end_time)
-            self.words.append(WordTimestamp(item.word, index, start, end))
-            event = {"event": "word_end", "word": item.word, "word_index": index, "start_time": start, "end_time": end}
-        else:
-            event = {"event": "word_start", "word": item.word, "word_index": index, "start_time": start}
-        if self.echo:
-            sys.stderr.write(json.dumps(event, ensure_ascii=False) + "\n")
-            sys.stderr.flush()
-
-    def _later(self, seconds: float) -> float:
-        """A time of the current text on the clock of the whole run (event times count samples)."""
-        return (self.samples + round(seconds * self.sample_rate)) / self.sample_rate
-
-    def next_text(self, text: str, markup: bool) -> None:
-        from pocket_ggml.runtime.markup import parse_markup, spoken_text
-        from pocket_ggml.runtime.timestamps import source_words
-
-        if markup:  # word indices count the words spoken, not the markers'
-            text = spoken_text(parse_markup(text))
-        self.first_index += len(source_words(text))
-        self.text += text.rstrip("\n") + "\n"
-        self.samples += self.current
-        self.current = 0
-
-    def write(self, path: Path) -> None:
-        from pocket_ggml import subtitles
-
-        subtitles.write(path, self.text, self.words, self.samples / self.sample_rate)
+    def speak(self, text: str) -> None:
+        """`text` to the -o file and/or streamed, with a progress line on stderr every few seconds of audio."""
+        options, rate = self.options, self.tts.sample_rate
+        kept = []
+        frames = samples = 0
+        # Progress lines would break the JSON lines of word events on stderr.
+        progress = not options.quiet and not (options.stream and self.transcript is not None)
+        for chunk in self.chunks(text):
+            frames += 1
+            samples += chunk.size
+            if options.stream:
+                _send(chunk)
+            if options.output:
+                kept.append(chunk)
+            if progress and frames % PROGRESS_FRAMES == 0:
+                click.echo(f"\rpocket-speak: {samples / rate:.1f} s of audio", err=True, nl=False)
+        if progress and frames >= PROGRESS_FRAMES:
+            click.echo("", err=True)
+        if options.output:
+            audio_file.write(Path(options.output), np.concatenate(kept) if kept else np.zeros(0, np.float32), rate)
+        if self.transcript is not None:
+            self.transcript.end_text(text, options.markup)
+            self.transcript.write(Path(options.timestamps_file))
 
 
 if __name__ == "__main__":
