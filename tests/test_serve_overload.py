@@ -4,8 +4,10 @@ past --request-timeout is cut off (the client sees an incomplete response), and 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -42,6 +44,16 @@ def _log_line(server, needle: str, seconds: float = 20) -> str:
     return lines[-1]
 
 
+@contextlib.contextmanager
+def _streaming(server, text: str) -> Iterator[httpx.Response]:
+    """A streamed speech request, its response open (and its audio unread) for the block."""
+    with (
+        httpx.Client(timeout=120) as http,
+        http.stream("POST", f"{server.url}/v1/audio/speech", json={"input": text, "response_format": "pcm"}) as r,
+    ):
+        yield r
+
+
 def _speak(server, text: str = "Short.", **fields) -> httpx.Response:
     return httpx.post(
         f"{server.url}/v1/audio/speech", json={"input": text, "response_format": "pcm", **fields}, timeout=120
@@ -49,10 +61,7 @@ def _speak(server, text: str = "Short.", **fields) -> httpx.Response:
 
 
 def test_a_client_leaving_mid_stream_frees_the_instance(server):
-    with (
-        httpx.Client(timeout=120) as http,
-        http.stream("POST", f"{server.url}/v1/audio/speech", json={"input": LONG_TEXT, "response_format": "pcm"}) as r,
-    ):
+    with _streaming(server, LONG_TEXT) as r:
         assert r.status_code == 200
         request_id = r.headers["x-request-id"]
         pieces = r.iter_raw()  # kept: a dropped iterator closes the response
@@ -64,21 +73,18 @@ def test_a_client_leaving_mid_stream_frees_the_instance(server):
 
 
 def test_beyond_the_queue_429_with_retry_after_then_service_resumes(server):
-    with httpx.Client(timeout=120) as holder:
-        with holder.stream(
-            "POST", f"{server.url}/v1/audio/speech", json={"input": LONG_TEXT, "response_format": "pcm"}
-        ) as held:
-            assert held.status_code == 200
-            queued: list[httpx.Response] = []
-            waiter = threading.Thread(target=lambda: queued.append(_speak(server)))
-            waiter.start()
-            _wait_for(server, lambda h: h["waiting"] == 1, "the second request did not queue")
-            refused = _speak(server)
-            assert refused.status_code == 429
-            assert int(refused.headers["retry-after"]) >= 1
-            error = refused.json()["error"]
-            assert error["code"] == "server_busy" and error["message"]
-        waiter.join(timeout=120)  # the held stream was closed: the queued request gets the instance
+    with _streaming(server, LONG_TEXT) as held:
+        assert held.status_code == 200
+        queued: list[httpx.Response] = []
+        waiter = threading.Thread(target=lambda: queued.append(_speak(server)))
+        waiter.start()
+        _wait_for(server, lambda h: h["waiting"] == 1, "the second request did not queue")
+        refused = _speak(server)
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) >= 1
+        error = refused.json()["error"]
+        assert error["code"] == "server_busy" and error["message"]
+    waiter.join(timeout=120)  # the held stream was closed: the queued request gets the instance
     assert not waiter.is_alive() and queued[0].status_code == 200 and queued[0].content
     _wait_for(server, lambda h: h["busy"] == 0 and h["waiting"] == 0, "instances not freed")
     metrics = httpx.get(f"{server.url}/metrics").text
@@ -86,12 +92,7 @@ def test_beyond_the_queue_429_with_retry_after_then_service_resumes(server):
 
 
 def test_a_client_leaving_the_queue_takes_no_instance(server):
-    with (
-        httpx.Client(timeout=120) as holder,
-        holder.stream(
-            "POST", f"{server.url}/v1/audio/speech", json={"input": LONG_TEXT, "response_format": "pcm"}
-        ) as held,
-    ):
+    with _streaming(server, LONG_TEXT) as held:
         assert held.status_code == 200
         with pytest.raises(httpx.ReadTimeout):  # gives up while queued
             httpx.post(f"{server.url}/v1/audio/speech", json={"input": "Never mind."}, timeout=1.5)
@@ -120,12 +121,7 @@ def impatient_server():
 
 def test_a_wait_past_the_queue_timeout_gets_503(impatient_server):
     server = impatient_server
-    with (
-        httpx.Client(timeout=120) as holder,
-        holder.stream(
-            "POST", f"{server.url}/v1/audio/speech", json={"input": LONG_TEXT, "response_format": "pcm"}
-        ) as held,
-    ):
+    with _streaming(server, LONG_TEXT) as held:
         assert held.status_code == 200
         r = _speak(server)
         assert r.status_code == 503 and r.json()["error"]["code"] == "queue_timeout"
@@ -135,12 +131,7 @@ def test_a_wait_past_the_queue_timeout_gets_503(impatient_server):
 def test_a_stream_past_the_request_timeout_is_cut_off(impatient_server):
     server = impatient_server
     _wait_for(server, lambda h: h["busy"] == 0, "instance still busy")
-    with (
-        httpx.Client(timeout=120) as http,
-        http.stream(
-            "POST", f"{server.url}/v1/audio/speech", json={"input": VERY_LONG_TEXT, "response_format": "pcm"}
-        ) as r,
-    ):
+    with _streaming(server, VERY_LONG_TEXT) as r:
         request_id = r.headers["x-request-id"]
         with pytest.raises(httpx.RemoteProtocolError):  # no final chunk: the client knows it is cut short
             for _ in r.iter_raw():
@@ -153,12 +144,7 @@ def test_a_stream_past_the_request_timeout_is_cut_off(impatient_server):
 def test_a_client_that_stops_reading_loses_the_stream_at_the_time_limit(impatient_server):
     server = impatient_server
     _wait_for(server, lambda h: h["busy"] == 0, "instance still busy")
-    with (
-        httpx.Client(timeout=120) as http,
-        http.stream(
-            "POST", f"{server.url}/v1/audio/speech", json={"input": VERY_LONG_TEXT, "response_format": "pcm"}
-        ) as r,
-    ):
+    with _streaming(server, VERY_LONG_TEXT) as r:
         assert r.status_code == 200
         request_id = r.headers["x-request-id"]
         # reads nothing: the server's sends stall once the socket buffers are full, until the limit

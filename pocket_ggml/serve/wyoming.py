@@ -612,16 +612,14 @@ async def serve_wyoming(
     *,
     zeroconf: bool = False,
     zeroconf_name: str | None = None,
-    max_chars: int = MAX_CHARS,
-    seed: int | None = None,
-    voice: str | None = None,
-    write_timeout: float = WRITE_TIMEOUT,
     stop: asyncio.Event | None = None,
+    **settings,
 ) -> None:
     """Serve Wyoming on `uri` (tcp://HOST:PORT or unix://PATH) until `stop` is set or the task is cancelled;
-    then close every connection, their generations stopped, before returning. `voice` is the default voice
-    (else the model's first stored voice); `seed` fixes every request's seed (see the module's note)."""
-    service = WyomingService(pool, registry, max_chars=max_chars, seed=seed, voice=voice, write_timeout=write_timeout)
+    then close every connection, their generations stopped, before returning. `settings` are the
+    `WyomingService`'s: `voice`, the default voice (else the model's first stored voice); `seed`, which fixes
+    every request's seed (see the module's note); `max_chars`; `write_timeout`."""
+    service = WyomingService(pool, registry, **settings)
     await service.check()
     parsed = urlparse(uri)
     if parsed.scheme not in ("tcp", "unix"):
