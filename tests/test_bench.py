@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _cli import run_cli
 from _parity_runs import synthetic_model
 from _reference import require_reference
 
@@ -32,14 +31,7 @@ TEXT_FIELDS = {"backend", "variant", "stage_method", "roof_method", "weights_kin
 
 
 def _bench(args: list[str], cache: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, POCKET_GGML_CACHE=str(cache), HF_HUB_OFFLINE="1")
-    return subprocess.run(
-        [sys.executable, "-m", "pocket_ggml.cli.bench", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
+    return run_cli("bench", *args, timeout=timeout, env={"POCKET_GGML_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
 
 
 @pytest.fixture(scope="module")

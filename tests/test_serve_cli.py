@@ -5,28 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 
 import httpx
 import pytest
-from _server import ROOT, free_port, running_server
-
-
-def _run(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    return subprocess.run(
-        [sys.executable, "-m", "pocket_ggml.cli.serve", *args],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from _cli import run_cli
+from _server import free_port, running_server
 
 
 @pytest.mark.parametrize(
@@ -40,7 +26,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     ],
 )
 def test_usage_errors_exit_2_with_a_message(args, message):
-    result = _run(*args)
+    result = run_cli("serve", *args)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import select
 import subprocess
 import sys
 
 import numpy as np
 import soundfile as sf
+from _cli import assert_refused_in_one_line, run_cli
 from _parity_runs import synthetic_model
 from click.testing import CliRunner
 
@@ -98,14 +98,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, voice_wav):
         ["--model", model, "--text", "hi", "-o", str(tmp_path / "x.mp3")],
         ["--model", model, "--text", "hi"],
     ]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
     for args in cases:
-        r = subprocess.run(
-            [sys.executable, "-m", "pocket_ggml.cli.speak", *args], capture_output=True, text=True, timeout=120, env=env
-        )
-        lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "synthetic weights" not in ln]
-        assert r.returncode == 2, (args, r.stderr)
-        assert len(lines) == 1 or lines[0].startswith("Usage:"), (args, r.stderr)
+        assert_refused_in_one_line(run_cli("speak", *args, env={"PYTHONWARNINGS": "ignore"}), args)
         assert not (tmp_path / "x.wav").exists()
 
 
