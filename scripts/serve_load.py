@@ -40,7 +40,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from _server import running_server
+from _server import running_server  # noqa: E402 - found through the path set just above
 
 SAMPLE_RATE = 24000
 TEXT = "The quick brown fox jumps over the lazy dog. Pocket TTS speaks on small computers, as it is written."
@@ -391,7 +391,7 @@ def crash_phase(server_args: list[str], args, checks: Checks) -> list[str]:
         # points in time spread over a registration, alternating with the moments its files are written
         points = list(np.linspace(0.2, 1.2, (args.crash_trials + 1) // 2) * registration)
         stages = [list(WRITE_STAGES)[i % len(WRITE_STAGES)] for i in range(args.crash_trials // 2)]
-        trials = [x for pair in zip(points, stages + [None]) for x in pair if x is not None]
+        trials = [x for pair in zip(points, stages + [None], strict=False) for x in pair if x is not None]
         for trial, when in enumerate(trials, 1):
             with running_server(*run) as server:  # also the restart after the previous trial's SIGKILL
                 check_registry(server, voices_dir, answered, checks, f"before crash trial {trial}")

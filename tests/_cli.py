@@ -19,6 +19,7 @@ def run_cli(
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", f"pocket_ggml.cli.{name}", *args],
+        check=False,
         capture_output=True,
         text=True,
         timeout=timeout,

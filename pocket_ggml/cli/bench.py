@@ -15,6 +15,7 @@ from pocket_ggml.bench.benchmark import (
     DEFAULT_FIRST_CHUNK_TOKENS,
     DEFAULT_FRAMES,
     DEFAULT_RUNS,
+    REFERENCE_VERSION,
     BenchOptions,
     json_text,
     run_benchmark,
@@ -97,7 +98,7 @@ def _progress(msg: str) -> None:
 @click.option(
     "--reference",
     is_flag=True,
-    help="also run the official pocket-tts 4.0.1 (fp32 and int8) on the "
+    help=f"also run the official pocket-tts {REFERENCE_VERSION} (fp32 and int8) on the "
     "identical weights, in subprocesses, and print our/ref ratios",
 )
 @click.option(

@@ -22,78 +22,56 @@ _WYOMING_URI = re.compile(r"tcp://\S+:\d{1,5}|unix://\S+")
 _ERROR = "pocket-serve: "
 
 
+# What each option means, by its ServeOptions field; an option without an entry is explained by its name.
+_HELP = {
+    "model": "A pocket-tts GGUF, a released checkpoint or model name (default: the embedded synthetic model).",
+    "host": "Address to listen on (0.0.0.0: every interface; think of --api-key then).",
+    "workers": "Model instances generating at once (default: one per two usable CPUs).",
+    "queue": "Requests waiting for an instance before more are refused with 429.",
+    "threads": "ggml threads of each instance's FlowLM and of its Mimi decoder.",
+    "voices_dir": "Where registered voices are kept (default: the user data dir, pocket-ggml/voices).",
+    "api_key": "Require 'Authorization: Bearer KEY' on every route but /health (env POCKET_API_KEY).",
+    "cors": "Allow browser pages of ORIGIN to call the API (repeatable; default: no cross-origin access).",
+    "request_timeout": "Seconds a request may take in all (queue + generation); a longer stream is cut off.",
+    "queue_timeout": "Seconds a request may wait for an instance before a 503.",
+    "wyoming_uri": "Also serve the Wyoming protocol (Home Assistant) at tcp://HOST:PORT.",
+    "wyoming_voice": "The Wyoming side's default voice (a stored voice or registered id; default: the model's first).",
+    "zeroconf": "Announce the Wyoming service on the local network (zeroconf).",
+    "zeroconf_name": "The announced name (default: pocket-ggml-<hostname>).",
+    "seed": "Seed of every request that gives none (HTTP `seed` field; Wyoming). Default: a fresh one each time.",
+    "http": "Serve HTTP (--no-http: Wyoming only).",
+}
+
+
 def _option(*decls: str, **attrs):
-    """A click option of the `ServeOptions` field of its name, with that field's default, shown in the help
-    when it is a value (not None, not an unset flag)."""
-    default = getattr(ServeOptions, click.Option(decls).name)
-    return click.option(*decls, default=default, show_default=default not in (None, False), **attrs)
+    """A click option of the `ServeOptions` field of its name, with that field's default (shown in the help
+    when it is a value: not None, not an unset flag) and its `_HELP`."""
+    name = click.Option(decls).name
+    default = getattr(ServeOptions, name)
+    return click.option(
+        *decls, default=default, show_default=default not in (None, False), help=_HELP.get(name), **attrs
+    )
 
 
 @click.command(context_settings={**CONTEXT_SETTINGS, "max_content_width": 100})
-@_option(
-    "--model", help="A pocket-tts GGUF, a released checkpoint or model name (default: the embedded synthetic model)."
-)
-@_option("--host", help="Address to listen on (0.0.0.0: every interface; think of --api-key then).")
+@_option("--model")
+@_option("--host")
 @_option("--port", type=click.IntRange(1, 65535))
-@_option(
-    "--workers",
-    type=click.IntRange(1, 64),
-    help="Model instances generating at once (default: one per two usable CPUs).",
-)
-@_option(
-    "--queue",
-    type=click.IntRange(0, 10_000),
-    help="Requests waiting for an instance before more are refused with 429.",
-)
-@_option(
-    "--threads", type=click.IntRange(1, 64), help="ggml threads of each instance's FlowLM and of its Mimi decoder."
-)
-@_option(
-    "--voices-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where registered voices are kept (default: the user data dir, pocket-ggml/voices).",
-)
-@_option(
-    "--api-key",
-    envvar="POCKET_API_KEY",
-    help="Require 'Authorization: Bearer KEY' on every route but /health (env POCKET_API_KEY).",
-)
-@_option(
-    "--cors",
-    multiple=True,
-    metavar="ORIGIN",
-    help="Allow browser pages of ORIGIN to call the API (repeatable; default: no cross-origin access).",
-)
-@_option(
-    "--request-timeout",
-    type=click.FloatRange(1, 86400),
-    help="Seconds a request may take in all (queue + generation); a longer stream is cut off.",
-)
-@_option(
-    "--queue-timeout",
-    type=click.FloatRange(0.1, 86400),
-    help="Seconds a request may wait for an instance before a 503.",
-)
+@_option("--workers", type=click.IntRange(1, 64))
+@_option("--queue", type=click.IntRange(0, 10_000))
+@_option("--threads", type=click.IntRange(1, 64))
+@_option("--voices-dir", type=click.Path(file_okay=False, path_type=Path))
+@_option("--api-key", envvar="POCKET_API_KEY")
+@_option("--cors", multiple=True, metavar="ORIGIN")
+@_option("--request-timeout", type=click.FloatRange(1, 86400))
+@_option("--queue-timeout", type=click.FloatRange(0.1, 86400))
 @_option("--max-input-chars", type=click.IntRange(1, 1_000_000))
-@_option(
-    "--wyoming",
-    "wyoming_uri",
-    metavar="URI",
-    help="Also serve the Wyoming protocol (Home Assistant) at tcp://HOST:PORT.",
-)
-@_option(
-    "--wyoming-voice",
-    metavar="VOICE",
-    help="The Wyoming side's default voice (a stored voice or registered id; default: the model's first).",
-)
-@_option("--zeroconf", is_flag=True, help="Announce the Wyoming service on the local network (zeroconf).")
-@_option("--zeroconf-name", help="The announced name (default: pocket-ggml-<hostname>).")
-@_option(
-    "--seed",
-    type=click.IntRange(0, 2**63 - 1),
-    help="Seed of every request that gives none (HTTP `seed` field; Wyoming). Default: a fresh one each time.",
-)
-@_option("--http/--no-http", help="Serve HTTP (--no-http: Wyoming only).")
+@_option("--wyoming", "wyoming_uri", metavar="URI")
+@_option("--wyoming-voice", metavar="VOICE")
+@_option("--zeroconf", is_flag=True)
+@_option("--zeroconf-name")
+@_option("--seed", type=click.IntRange(0, 2**63 - 1))
+@_option("--http/--no-http")
 @_option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def main(**params) -> None:
     """Serve Pocket TTS: OpenAI's POST /v1/audio/speech, the official server's POST /tts, a voice registry

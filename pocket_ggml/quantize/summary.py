@@ -13,15 +13,15 @@ from pocket_ggml.quantize.convert import ConversionResult
 def conversion_summary(result: ConversionResult, per_tensor: bool) -> str:
     """The summary of `result`; `per_tensor` adds the table of every tensor's error (measured by `convert`
     with `measure_error=True`) and their parameter-weighted mean."""
-    lines = [
+    head = (
         f"{result.output}: {result.config.name}, {result.mix}, {result.weights_kind} weights, "
-        f"encoder {'kept' if result.has_encoder else 'dropped'}, {result.seconds:.1f} s",
-        "",
-        *_types_table(result),
-        "",
+        f"encoder {'kept' if result.has_encoder else 'dropped'}, {result.seconds:.1f} s"
+    )
+    size = (
         f"file {result.output_bytes / 1e6:.1f} MB, {result.output_bytes / result.input_bytes:.3f} of the input "
-        f"({result.input_bytes / 1e6:.1f} MB{', as F32' if result.weights_kind == 'synthetic' else ''})",
-    ]
+        f"({result.input_bytes / 1e6:.1f} MB{', as F32' if result.weights_kind == 'synthetic' else ''})"
+    )
+    lines = [head, "", *_types_table(result), "", size]
     if per_tensor:
         lines += ["", *_errors_table(result)]
     return "\n".join(lines)

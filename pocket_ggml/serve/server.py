@@ -84,16 +84,15 @@ class PocketServer:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, stop.set)
+        service = {"max_chars": options.max_input_chars, "seed": options.seed, "voice": options.wyoming_voice}
         await serve_wyoming(
             options.wyoming_uri,
             self.pool,
             self.registry,
             zeroconf=options.zeroconf,
             zeroconf_name=options.zeroconf_name,
-            max_chars=options.max_input_chars,
-            seed=options.seed,
-            voice=options.wyoming_voice,
             stop=stop,
+            **service,
         )
 
     def close(self) -> None:
