@@ -375,9 +375,10 @@ def _free_running(
     """Our whole loop: voice wav -> our encoder -> voice state -> text -> steps (reference noise) -> Mimi."""
     from pocket_ggml.runtime.model import GenerationSettings
     from pocket_ggml.voices.audio import read_audio
+    from pocket_ggml.voices.state import clone_voice
 
     wav, rate = read_audio(voice_wav)
-    voice = rt.voice_state(rt.encode_voice(wav, rate))
+    voice = clone_voice(rt, wav, rate).snapshot
     settings = GenerationSettings(temperature=temp, eos_threshold=math.inf, max_frames=frames)
     rt.mimi.reset()
     latents, audio = [], []
