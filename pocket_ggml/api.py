@@ -31,7 +31,7 @@ import numpy as np
 
 from pocket_ggml.errors import AudioError, BusyError, ParameterError, VoiceStateError
 from pocket_ggml.models import resolve_model
-from pocket_ggml.quantize.policy import get_mix
+from pocket_ggml.quantize.policy import DEFAULT_MIX, get_mix
 from pocket_ggml.runtime.markup import parse_markup, spoken_text
 from pocket_ggml.runtime.model import GenerationSettings, PocketRuntime
 from pocket_ggml.runtime.pipeline import Silence, speak_chunks, speak_text_stream, text_chunks
@@ -102,7 +102,7 @@ class TTSModel:
         seed: int | None = None,
         config: str | None = None,
         tokenizer: str | Path | None = None,
-        quantization: str = "Q4_K_M",
+        quantization: str = DEFAULT_MIX,
     ) -> TTSModel:
         """`model`: a pocket-tts GGUF; a released `model.safetensors` (converted on first use to
         `quantization` and cached; give `config` unless the file names it, and `tokenizer`); a

@@ -14,11 +14,14 @@ import os
 import socket
 from pathlib import Path
 
-from pocket_ggml.errors import ModelNotAvailable, TokenizerError
+from pocket_ggml.errors import CheckpointError, ModelNotAvailable, TokenizerError
+from pocket_ggml.format.config import DEFAULT_CONFIG, load_released_config, released_config_names
+from pocket_ggml.quantize.checkpoint import SafetensorsCheckpoint
+from pocket_ggml.quantize.convert import check_tokenizer, convert, read_tokenizer
+from pocket_ggml.quantize.policy import DEFAULT_MIX, get_mix
+from pocket_ggml.quantize.synthetic import synthetic_tokenizer
 from pocket_ggml.voices.store import convert_with_voices, synthetic_voice_audio
 
-DEFAULT_CONFIG = "english"
-DEFAULT_MIX = "Q4_K_M"
 DEFAULT_VOICE = "synthetic"
 CACHE_VERSION = "v2"  # v2: synthetic checkpoints identical across machines (float64 freqs)
 HF_REPO = "kyutai/pocket-tts"
@@ -35,11 +38,6 @@ def cache_dir() -> Path:
 def synthetic_model(mix: str = DEFAULT_MIX) -> Path:
     """The synthetic english model (seed 0) at `mix` with a stored synthetic voice, made once and
     cached; at `DEFAULT_MIX` it is the embedded default."""
-    from pocket_ggml.format.config import load_released_config
-    from pocket_ggml.quantize.convert import check_tokenizer, convert
-    from pocket_ggml.quantize.policy import get_mix
-    from pocket_ggml.quantize.synthetic import synthetic_tokenizer
-
     m = get_mix(mix)
     path = cache_dir() / f"synthetic-{DEFAULT_CONFIG}-{m.name.lower()}-{CACHE_VERSION}.gguf"
     if not path.exists():
@@ -66,6 +64,8 @@ def _converted_path(src: Path, quantization: str, config: str | None) -> Path:
 def resolve_model(
     model: str | Path | None, *, config: str | None, tokenizer: str | Path | None, quantization: str
 ) -> Path:
+    """The GGUF path of `model` (see the module's docstring); `config`, `tokenizer` and `quantization`
+    apply to a released checkpoint."""
     if model is None:
         return synthetic_model()
     p = Path(model)
@@ -77,12 +77,6 @@ def resolve_model(
 
 
 def _convert_checkpoint(src: Path, config: str | None, tokenizer: str | Path | None, quantization: str) -> Path:
-    from pocket_ggml.errors import CheckpointError
-    from pocket_ggml.format.config import load_released_config
-    from pocket_ggml.quantize.checkpoint import SafetensorsCheckpoint
-    from pocket_ggml.quantize.convert import convert, read_tokenizer
-    from pocket_ggml.quantize.policy import get_mix
-
     if not src.is_file():
         raise CheckpointError(f"{src}: no such file")
     mix = get_mix(quantization)
@@ -101,8 +95,6 @@ def _convert_checkpoint(src: Path, config: str | None, tokenizer: str | Path | N
 
 
 def _download(name: str, quantization: str) -> Path:
-    from pocket_ggml.format.config import released_config_names
-
     local = "give a local .gguf, or a released model.safetensors with tokenizer=..., or None for the synthetic default"
     if name not in released_config_names():
         raise ModelNotAvailable(f"{name!r} is not a file nor a released model name; {local}")

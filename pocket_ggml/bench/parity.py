@@ -43,14 +43,13 @@ import numpy as np
 
 import pocket_ggml
 from pocket_ggml.errors import ParityError, PocketError
-from pocket_ggml.format.config import load_released_config
+from pocket_ggml.format.config import DEFAULT_CONFIG, load_released_config
 from pocket_ggml.quantize.policy import DEFAULT_MIX, MIXES, get_mix
 
 if TYPE_CHECKING:
     from pocket_ggml.runtime.model import PocketRuntime
 
 SEED = 0  # the synthetic checkpoint's seed, also the reference's RNG seed
-DEFAULT_CONFIG = "english"
 DEFAULT_FRAMES = 125  # 10 s of audio, as in the quantization study
 DEFAULT_TEXT = "Hello world, this is a test of the pocket runtime."
 REFERENCE_TIMEOUT_S = 3600

@@ -76,8 +76,8 @@ from pocket_ggml.runtime.ggml_backend import (
 DECODER_TRANSFORMER = "decoder_transformer"  # module names under MimiModel (weights and KV state)
 ENCODER_TRANSFORMER = "encoder_transformer"
 FADE_IN_MS = 5  # the first chunk of a stream fades in over its first 5 ms, as the reference's does
-# 0.16 s of prompt per encoder graph: its activations (~3.5 MB a frame) add to the peak memory of a
-# process that clones a voice; longer chunks are hardly faster (4 frames: ~5 % less CPU time).
+# Prompt frames per encoder graph: its activations add to the peak memory of a process that clones a
+# voice, and longer chunks are hardly faster.
 ENCODER_CHUNK_FRAMES = 2
 
 
@@ -112,8 +112,8 @@ def prepare_decoder_weights(cfg: PocketConfig, weights: WeightStore, backend: Cp
 
     - channel-fast SEANet kernels (`channel_fast_copies`);
     - with LLAMAFILE, F16 for K-quant matrices of the decoder transformer: it multiplies 16 rows per
-      frame, where llamafile's F16 kernel is ~2x ggml's K-quant one (llamafile has none for K-quants).
-      F16 holds a K-quant's values to 2^-11: far below the quantization error. +7 MB for english.
+      frame, where llamafile's F16 kernel beats ggml's K-quant one (llamafile has none for K-quants).
+      F16 holds a K-quant's values to 2^-11: far below the quantization error.
     """
     copies = channel_fast_copies(weights, seanet_decoder_plan(cfg.mimi.decoder_seanet), from_quantized=False)
     if has_llamafile():
@@ -340,8 +340,8 @@ class MimiEncoder:
         m = cfg.mimi
         self.cfg = cfg
         self.frame_size = m.frame_size
-        # channel-fast SEANet kernels, the quantized ones (Q8_0 in the quantized mixes) as F16: 1.3x
-        # faster encoding of a prompt for ~6 MB. They live in a store of the encoder's own, so that
+        # channel-fast SEANet kernels, the quantized ones (Q8_0 in the quantized mixes) as F16: faster
+        # encoding for a few MB. They live in a store of the encoder's own, so that
         # `close` gives them back: a process that clones a voice and then speaks has no use for them.
         plan = seanet_encoder_plan(m.encoder_seanet)
         self._copies = WeightStore.from_arrays(backend, channel_fast_copies(weights, plan, from_quantized=True))

@@ -46,8 +46,9 @@ _MATMUL_ROLES = {  # matrices read only by mul_mat (not the text table: get_rows
 
 def prepare_weights(weights: WeightStore, backend: CpuBackend) -> None:
     """Move the FlowLM matrices ggml has interleaved kernels for (`repackable`: Q4_K/Q4_0 on x86, also
-    Q8_0/Q5_K/Q6_K on ARM with dotprod or i8mm) to its CPU_REPACK buffer: on x86, Q4_K 1.1-1.3x faster
-    per step and ~1.9x for prompts. (The Mimi decoder prepares its own: `MimiDecoder`.)"""
+    Q8_0/Q5_K/Q6_K on ARM with dotprod or i8mm) to its CPU_REPACK buffer, whose kernels multiply
+    several rows at once: faster steps, and more so for prompts. (The Mimi decoder prepares its own:
+    `MimiDecoder`.)"""
     repack = []
     for name in weights:
         row = from_gguf(name)
@@ -83,7 +84,7 @@ def thread_plan(threads: int, mimi_threads: int, cpus: int) -> tuple[int, int, i
 
     A stream computes on two threads at once (the worker: FlowLM step, then the Mimi transformer; the
     consumer: SEANet): more ggml threads than CPUs in all makes every barrier wait on a descheduled
-    thread (2 + 2 threads on 2 cores: 3.5x realtime instead of 10x), so each gets at most half the
+    thread, which costs far more than the extra thread gains, so each gets at most half the
     CPUs. Prompts (text, voice) run while the decoder is idle and get both counts, at most the CPUs."""
     share = max(1, cpus // 2)
     flow_lm, mimi = min(threads, share), min(mimi_threads, share)
