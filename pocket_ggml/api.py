@@ -205,7 +205,7 @@ class TTSModel:
             return clone_voice(self._rt, wav, rate, source=source)
 
     def _checked(self, state: VoiceState) -> VoiceState:
-        return check_fits(state, self._rt.flow_lm)
+        return check_fits(state, self._rt.config.flow_lm)
 
     # ------------------------------------------------------------------ generation
     def generate_audio(self, model_state: VoiceState, text_to_generate: str, **kwargs) -> np.ndarray:

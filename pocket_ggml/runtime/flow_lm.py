@@ -145,25 +145,20 @@ class FlowLM:
         )
         return FlowLMSnapshot(k, v)
 
-    def fits(self, snap: FlowLMSnapshot) -> bool:
-        """Whether `snap` is a cache of this model: K and V of (layers, rows, kv_dim) alike."""
-        expected = (self.shape.num_layers, snap.n_rows, self.shape.attention.kv_dim)
-        return snap.k.shape == expected and snap.v.shape == expected
-
     def restore(self, snap: FlowLMSnapshot, extra_rows: int = 0) -> None:
         """Start from `snap` with room for `extra_rows` more rows."""
-        layers, kv_dim = self.shape.num_layers, self.shape.attention.kv_dim
-        if not self.fits(snap):
-            raise GenerationError(f"voice state of shape {snap.k.shape}: this model's is ({layers}, rows, {kv_dim})")
+        expected = (self.shape.num_layers, snap.n_rows, self.shape.attention.kv_dim)
+        if snap.k.shape != expected or snap.v.shape != expected:
+            raise GenerationError(f"voice state of shape {snap.k.shape} does not fit this model {expected}")
         self.reserve(snap.n_rows + extra_rows)
         assert self._state is not None
         cap = self.kv.capacity
         # Two arrays in the cache's own type, reused over the layers: an F32 pair per layer (plus its
         # F16 conversion) leaves MBs of freed heap in the RSS after every stream.
         dtype = np.float16 if self.kv_type == GGML_TYPE_F16 else np.float32
-        k = np.zeros((cap, kv_dim), dtype=dtype)
-        v = np.zeros((kv_dim, cap), dtype=dtype)  # V is stored transposed
-        for i in range(layers):
+        k = np.zeros((cap, expected[2]), dtype=dtype)
+        v = np.zeros((expected[2], cap), dtype=dtype)  # V is stored transposed
+        for i in range(self.shape.num_layers):
             k[: snap.n_rows] = snap.k[i]
             self._state.set(f"{CACHE_NAME}.{i}.k", k)
             v[:, : snap.n_rows] = snap.v[i].T

@@ -1,4 +1,5 @@
-"""A loaded pocket-tts GGUF and the pipeline around it: voice prompt -> FlowLM -> Mimi -> audio.
+"""A loaded pocket-tts GGUF: its tokenizer, FlowLM, Mimi decoder (and encoder on demand), and the
+latent frames of one chunk of text. `pipeline.py` turns them into a stream of audio.
 
 Weights are mapped once and shared; the FlowLM and the Mimi decoder each have their own CPU backend
 (and thread count), so the two can run on separate threads (as the reference does).
@@ -116,6 +117,7 @@ class PocketRuntime:
         return self.config.mimi.sample_rate
 
     def defaults(self) -> GenerationSettings:
+        """The settings of the model file's `GenerationDefaults`."""
         g = self.config.generation
         return GenerationSettings(g.temperature, g.eos_threshold, None, g.frames_after_eos)
 

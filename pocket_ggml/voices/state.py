@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from pocket_ggml.errors import VoiceStateError
-from pocket_ggml.runtime.flow_lm import FlowLM, FlowLMSnapshot
+from pocket_ggml.format.config import FlowLMConfig
+from pocket_ggml.runtime.flow_lm import FlowLMSnapshot
 from pocket_ggml.runtime.model import PocketRuntime
 from pocket_ggml.voices.audio import prompt_latents
 
@@ -49,13 +50,12 @@ def clone_voice(runtime: PocketRuntime, wav: np.ndarray, rate: int, source: str 
     return VoiceState(runtime.voice_state(prompt_latents(runtime, wav, rate)), source=source)
 
 
-def check_fits(state: VoiceState, flow_lm: FlowLM) -> VoiceState:
-    """`state`, if it is a cache of this FlowLM; else a `VoiceStateError`."""
-    if not flow_lm.fits(state.snapshot):
-        shape = flow_lm.shape
+def check_fits(state: VoiceState, flow_lm: FlowLMConfig) -> VoiceState:
+    """`state`, if it is a cache of a FlowLM of this shape (layers and K/V width); else a `VoiceStateError`."""
+    if state.num_layers != flow_lm.num_layers or state.kv_dim != flow_lm.kv_dim:
         raise VoiceStateError(
             f"voice state for {state.num_layers} layers x {state.kv_dim} does not fit this model "
-            f"({shape.num_layers} x {shape.attention.kv_dim})"
+            f"({flow_lm.num_layers} x {flow_lm.kv_dim})"
         )
     return state
 

@@ -46,7 +46,7 @@ def voice_states_for(
             if isinstance(src, np.ndarray):
                 state = clone_voice(rt, src, rt.sample_rate)
             elif Path(src).suffix == ".safetensors":
-                state = check_fits(load_voice_state(src), rt.flow_lm)
+                state = check_fits(load_voice_state(src), rt.config.flow_lm)
             else:
                 state = clone_voice(rt, *read_audio(src))
             out[name] = (state.snapshot.k, state.snapshot.v)
