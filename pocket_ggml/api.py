@@ -20,54 +20,29 @@ over the text (pocket_ggml.runtime.timestamps); their times count the samples yi
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import logging
-import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from pocket_ggml.errors import BusyError, ParameterError, TextError, TimestampsUnavailable, VoiceStateError
-from pocket_ggml.quantize.policy import get_mix
-from pocket_ggml.runtime.flow_lm import sample_noise
-from pocket_ggml.runtime.generate import Frame
-from pocket_ggml.runtime.markup import Pause, Segment, parse_markup, spoken_text
+from pocket_ggml.errors import AudioError, BusyError, ParameterError, VoiceStateError
+from pocket_ggml.models import resolve_model
+from pocket_ggml.quantize.policy import DEFAULT_MIX, get_mix
+from pocket_ggml.runtime.markup import parse_markup, spoken_text
 from pocket_ggml.runtime.model import GenerationSettings, PocketRuntime
-from pocket_ggml.runtime.prefill import IncrementalPrompt
-from pocket_ggml.runtime.text import (
-    MAX_TOKENS_PER_CHUNK,
-    SentenceStream,
-    shorten_first_chunk,
-    split_into_best_sentences,
-)
-from pocket_ggml.runtime.timestamps import (
-    ChunkTimestamps,
-    TimestampChunk,
-    WordEnd,
-    WordStart,
-    WordTimestamp,
-    timestamp_heads,
-)
-from pocket_ggml.voices.state import VoiceState, load_voice_state, save_voice_state
-from pocket_ggml.voices.store import resolve_model, stored_voice
+from pocket_ggml.runtime.pipeline import Silence, speak_chunks, speak_text_stream, text_chunks
+from pocket_ggml.runtime.text import MAX_TOKENS_PER_CHUNK, shorten_first_chunk
+from pocket_ggml.runtime.timestamps import WordEnd, WordStart, WordTimestamp, timestamp_heads
+from pocket_ggml.voices.audio import read_audio
+from pocket_ggml.voices.state import VoiceState, check_fits, clone_voice, load_voice_state
+from pocket_ggml.voices.store import stored_voice
 
 logger = logging.getLogger(__name__)
-
-__all__ = [
-    "TTSModel",
-    "TimestampedAudio",
-    "TimestampsUnavailable",
-    "VoiceState",
-    "WordEnd",
-    "WordStart",
-    "WordTimestamp",
-    "load_voice_state",
-    "save_voice_state",
-]
+T = TypeVar("T")
 
 
 _MAX_THREADS = 64
@@ -100,13 +75,6 @@ def _check_float(name: str, x: float | None, *, allow_inf: bool = False, minimum
     return x
 
 
-@dataclass(frozen=True)
-class Silence:
-    """A pause as the stream plays it: this many zero samples."""
-
-    samples: int
-
-
 class TTSModel:
     """A loaded model. Construct it with `TTSModel.load_model(...)`."""
 
@@ -134,7 +102,7 @@ class TTSModel:
         seed: int | None = None,
         config: str | None = None,
         tokenizer: str | Path | None = None,
-        quantization: str = "Q4_K_M",
+        quantization: str = DEFAULT_MIX,
     ) -> TTSModel:
         """`model`: a pocket-tts GGUF; a released `model.safetensors` (converted on first use to
         `quantization` and cached; give `config` unless the file names it, and `tokenizer`); a
@@ -205,9 +173,6 @@ class TTSModel:
     ) -> VoiceState:
         """A voice state from an audio file (any format soundfile reads, any rate and channels),
         samples + `sample_rate`, a voice stored in the model, or a saved voice-state .safetensors."""
-        from pocket_ggml.errors import AudioError
-        from pocket_ggml.voices.audio import read_audio
-
         if isinstance(audio_conditioning, np.ndarray):
             if sample_rate is None:
                 raise AudioError("give the sample_rate of the samples")
@@ -237,17 +202,10 @@ class TTSModel:
                 f"(truncate=True keeps the first {TRUNCATE_SECONDS} s, as the reference's truncate does)"
             )
         with self._exclusive():
-            latents = self._rt.encode_voice(wav, rate)
-            return VoiceState(self._rt.voice_state(latents), source=source)
+            return clone_voice(self._rt, wav, rate, source=source)
 
     def _checked(self, state: VoiceState) -> VoiceState:
-        shape = self._rt.flow_lm.shape
-        if state.num_layers != shape.num_layers or state.kv_dim != shape.attention.kv_dim:
-            raise VoiceStateError(
-                f"voice state for {state.num_layers} layers x {state.kv_dim} does not fit this model "
-                f"({shape.num_layers} x {shape.attention.kv_dim})"
-            )
-        return state
+        return check_fits(state, self._rt.config.flow_lm)
 
     # ------------------------------------------------------------------ generation
     def generate_audio(self, model_state: VoiceState, text_to_generate: str, **kwargs) -> np.ndarray:
@@ -319,9 +277,7 @@ class TTSModel:
         rng = self._rng if seed is None else np.random.default_rng(seed)
         settings = self._settings
         if frames_after_eos is not None:
-            settings = GenerationSettings(
-                settings.temperature, settings.eos_threshold, settings.noise_clamp, frames_after_eos
-            )
+            settings = dataclasses.replace(settings, frames_after_eos=frames_after_eos)
         if not isinstance(timestamps, bool):
             raise ParameterError(f"timestamps must be True or False, got {timestamps!r}")
         if first_chunk_tokens is not None and (
@@ -330,80 +286,15 @@ class TTSModel:
             raise ParameterError(f"first_chunk_tokens must be a positive integer, got {first_chunk_tokens!r}")
         heads = timestamp_heads(self._rt.config.name) if timestamps else ()
         segments = parse_markup(text_to_generate) if markup else [text_to_generate]
-        chunks = self._chunks(segments, max_tokens)
+        chunks = text_chunks(self._rt, segments, max_tokens)
         if first_chunk_tokens is not None and isinstance(chunks[0], str):
             chunks = shorten_first_chunk(self._rt.tokenizer, chunks, self._rt.config.text, first_chunk_tokens)
         word_chunks = None
         if heads:
-            text_chunks = [chunk for chunk in chunks if not isinstance(chunk, Silence)]
-            word_chunks = self._rt.timestamp_chunks(spoken_text(segments), text_chunks)
-        return self._stream(model_state, chunks, settings, rng, stop, heads, word_chunks)
-
-    def _chunks(self, segments: list[Segment], max_tokens: int) -> list[str | Silence]:
-        """The sentence chunks of each text piece and the silences between them (adjacent pauses joined)."""
-        if not segments:
-            raise TextError("the text is empty")
-        chunks: list[str | Silence] = []
-        for segment in segments:
-            if isinstance(segment, Pause):
-                samples = segment.samples(self.sample_rate)
-                if chunks and isinstance(chunks[-1], Silence):
-                    samples += chunks.pop().samples
-                chunks.append(Silence(samples))
-            else:
-                chunks += split_into_best_sentences(self._rt.tokenizer, segment, self._rt.config.text, max_tokens)
-        return chunks
-
-    def _stream(
-        self,
-        voice: VoiceState,
-        chunks: list[str | Silence],
-        settings: GenerationSettings,
-        rng: np.random.Generator,
-        stop: threading.Event,
-        heads: tuple[tuple[int, int], ...] = (),
-        word_chunks: list[TimestampChunk] | None = None,
-    ) -> Iterator[np.ndarray | WordStart | WordEnd]:
-        with self._exclusive():
-            clock = 0  # samples yielded so far: the time base of word events
-            text_index = itertools.count()  # which of word_chunks the next text chunk is
-            for chunk in chunks:
-                if stop.is_set():
-                    return
-                if isinstance(chunk, Silence):
-                    for silence in _silence(chunk.samples, self._rt.config.mimi.frame_size, stop):
-                        clock += len(silence)
-                        yield silence
-                    continue
-                timing = None
-                if word_chunks is not None:
-                    word_chunk = word_chunks[next(text_index)]
-                    timing = ChunkTimestamps(word_chunk, heads, self._rt.config.flow_lm.head_dim, self.sample_rate)
-                for audio, text_scores in self._chunk_frames(voice, chunk, settings, rng, stop, heads):
-                    if timing is not None:
-                        yield from timing.frame(text_scores, audio, clock)
-                    clock += len(audio)
-                    yield audio
-                if timing is not None:
-                    yield from timing.finish(clock)
-
-    def _chunk_frames(
-        self,
-        voice: VoiceState,
-        text: str,
-        settings: GenerationSettings,
-        rng: np.random.Generator,
-        stop: threading.Event,
-        heads: tuple[tuple[int, int], ...],
-    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """(audio, the timestamp heads' attention scores or None) of each frame of one text chunk."""
-        dim = self._rt.config.mimi.latent_dim
-
-        def frames(halted: Callable[[], bool]) -> Iterator[Frame]:
-            noise = lambda: sample_noise(rng, dim, settings.temperature, settings.noise_clamp)  # noqa: E731
-            return self._rt.frames(voice.snapshot, text, settings, noise, should_stop=halted, text_heads=heads)
-
-        return self._decode_frames(frames, stop)
+            spoken = [chunk for chunk in chunks if not isinstance(chunk, Silence)]
+            word_chunks = self._rt.timestamp_chunks(spoken_text(segments), spoken)
+        stream = speak_chunks(self._rt, model_state.snapshot, chunks, settings, rng, stop, heads, word_chunks)
+        return self._locked(stream)
 
     def generate_audio_for_text_stream(
         self,
@@ -450,121 +341,16 @@ class TTSModel:
             raise ParameterError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         settings = self._settings
         if frames_after_eos is not None:
-            settings = GenerationSettings(
-                settings.temperature, settings.eos_threshold, settings.noise_clamp, frames_after_eos
-            )
+            settings = dataclasses.replace(settings, frames_after_eos=frames_after_eos)
         rng = self._rng if seed is None else np.random.default_rng(seed)
         stop = stop or threading.Event()
-        return self._speak_text_stream(model_state, pieces, settings, rng, stop, max_tokens, markup)
+        stream = speak_text_stream(self._rt, model_state.snapshot, pieces, settings, rng, stop, max_tokens, markup)
+        return self._locked(stream)
 
-    def _speak_text_stream(
-        self,
-        voice: VoiceState,
-        pieces: Iterator[str],
-        settings: GenerationSettings,
-        rng: np.random.Generator,
-        stop: threading.Event,
-        max_tokens: int,
-        markup: bool,
-    ) -> Iterator[np.ndarray]:
+    def _locked(self, stream: Iterator[T]) -> Iterator[T]:
+        """`stream`, run while this model is held: a second generation meanwhile is a `BusyError`."""
         with self._exclusive():
-            sentences = SentenceStream(self._rt.tokenizer, self._rt.config.text)
-            prompt = IncrementalPrompt(self._rt, voice.snapshot, max_tokens)
-            while not stop.is_set():
-                piece = next(pieces, _END)
-                if piece is _END:
-                    rest = sentences.close()
-                    if rest is not None:
-                        yield from self._speak_sentence(prompt, rest, settings, rng, stop, markup)
-                    return
-                if not isinstance(piece, str):
-                    raise ParameterError(f"text pieces must be strings, got {type(piece).__name__}")
-                for sentence in sentences.feed(piece):
-                    yield from self._speak_sentence(prompt, sentence, settings, rng, stop, markup)
-                # A marker in the sentence so far would be prompted as text: wait for its end instead.
-                pending = sentences.pending
-                if pending.strip() and not stop.is_set() and not (markup and ("[" in pending or "<" in pending)):
-                    prompt.update(pending)
-
-    def _speak_sentence(
-        self,
-        prompt: IncrementalPrompt,
-        sentence: str,
-        settings: GenerationSettings,
-        rng: np.random.Generator,
-        stop: threading.Event,
-        markup: bool,
-    ) -> Iterator[np.ndarray]:
-        chunks: list[tuple[list[int], int] | Silence] = []
-        for segment in parse_markup(sentence) if markup else [sentence]:
-            if isinstance(segment, Pause):
-                chunks.append(Silence(segment.samples(self.sample_rate)))
-                continue
-            try:
-                chunks += prompt.chunks(segment)
-            except TextError:  # nothing to say (e.g. a lone quote the text rules delete)
-                pass
-        dim = self._rt.config.mimi.latent_dim
-
-        def noise() -> np.ndarray:
-            return sample_noise(rng, dim, settings.temperature, settings.noise_clamp)
-
-        for chunk in chunks:
-            if stop.is_set():
-                return
-            if isinstance(chunk, Silence):
-                yield from _silence(chunk.samples, self._rt.config.mimi.frame_size, stop)
-                continue
-            tokens, words_guess = chunk
-            frames = self._decode_frames(
-                lambda halted, tokens=tokens, guess=words_guess: prompt.frames(tokens, guess, settings, noise, halted),
-                stop,
-            )
-            for audio, _ in frames:
-                yield audio
-
-    def _decode_frames(
-        self, make_frames: Callable[[Callable[[], bool]], Iterator[Frame]], stop: threading.Event
-    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """(audio, the frame's `text_scores`) of one chunk's frames. Two threads, each a fixed share of a
-        frame: the worker runs `make_frames` (the FlowLM step) and the first half of the Mimi decoder (up to
-        the middle of its transformer), the caller's thread the rest (the other transformer layers, the
-        SEANet); on two cores this halves what one core does per frame. The first frame's FlowLM step and
-        first half are computed here, before the worker starts: no thread start or hand-over between the
-        chunk's text and its first audio (on a busy machine each wake-up waits for a time slice)."""
-        hidden: queue.Queue = queue.Queue(maxsize=4)
-        failure: list[BaseException] = []
-        halt = threading.Event()  # this chunk is over: the consumer stopped or left
-        mimi = self._rt.mimi
-        mimi.reset()
-        frames = make_frames(lambda: halt.is_set() or stop.is_set())
-        first = next(frames, None)
-        if first is None:
-            return
-        first_steps = mimi.transform(first.latent[None, :]), first.text_scores
-
-        def produce() -> None:
-            try:
-                for frame in frames:
-                    hidden.put((mimi.transform(frame.latent[None, :]), frame.text_scores))
-            except BaseException as e:  # handed to the consumer, raised there
-                failure.append(e)
-            finally:
-                hidden.put(None)
-
-        worker = threading.Thread(target=produce, name="pocket-flow-lm", daemon=True)
-        worker.start()
-        try:
-            item = first_steps
-            while item is not None and not stop.is_set():
-                steps, text_scores = item
-                yield mimi.synthesize(steps), text_scores
-                item = hidden.get()
-        finally:
-            halt.set()
-            _drain(hidden, worker)
-        if failure:
-            raise failure[0]
+            yield from stream
 
     def _exclusive(self):
         model = self
@@ -583,31 +369,7 @@ class TTSModel:
         self._rt.close()
 
 
-def _silence(samples: int, frame_size: int, stop: threading.Event) -> Iterator[np.ndarray]:
-    """Zeros in pieces of at most a frame: a consumer gets chunks of the size speech comes in, and `stop`
-    ends a long pause at once."""
-    for start in range(0, samples, frame_size):
-        if stop.is_set():
-            return
-        yield np.zeros(min(frame_size, samples - start), np.float32)
-
-
-_END = object()  # the end of a text stream
-
-
-def _drain(queued: queue.Queue, worker: threading.Thread) -> None:
-    """Let the FlowLM worker finish (it stops before its next frame once halted)."""
-    while worker.is_alive():
-        try:
-            queued.get(timeout=0.05)
-        except queue.Empty:
-            pass
-    worker.join()
-
-
 def _mono(samples: np.ndarray) -> np.ndarray:
-    from pocket_ggml.errors import AudioError
-
     a = np.asarray(samples)
     if a.dtype.kind not in "fiu":
         raise AudioError(f"samples of dtype {a.dtype} are not audio")

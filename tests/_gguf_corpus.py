@@ -782,7 +782,7 @@ def use(path: str) -> str:
         rt.mimi.decode(out.latent[None, :])
         done = "flow_lm+mimi"
         if rt.file.info.has_encoder:
-            rt.encode_voice(np.zeros(2 * rt.config.mimi.frame_size, np.float32), rt.sample_rate)
+            rt.encode_voice(np.zeros(2 * rt.config.mimi.frame_size, np.float32))
             done += "+encoder"
         return done
     finally:

@@ -20,7 +20,7 @@ from pocket_ggml.runtime.ggml_backend import CpuBackend
 from pocket_ggml.runtime.model import GenerationSettings, PocketRuntime
 from pocket_ggml.runtime.model_file import ModelFile
 from pocket_ggml.runtime.text import Tokenizer, prepare_text_prompt
-from pocket_ggml.voices.audio import read_audio
+from pocket_ggml.voices.audio import prompt_latents, read_audio
 
 CONFIGS = ["english", "english_2m_2026-10", "english_7m_2026-10", "english_2026-04_24l"]
 FRAMES = 10
@@ -106,7 +106,7 @@ def _runtime(config: str) -> PocketRuntime:
 def _generate(rt: PocketRuntime, noise_rows: np.ndarray, settings: GenerationSettings):
     """Voice cloned from the wav by our Mimi encoder, then our whole loop with the reference's noise."""
     wav, rate = read_audio(shared_path("assets", "voices", "speaker-48k.wav"))
-    latents = rt.encode_voice(wav, rate)
+    latents = prompt_latents(rt, wav, rate)
     voice = rt.voice_state(latents)
     noise = iter(noise_rows)
     rt.mimi.reset()

@@ -213,14 +213,15 @@ def test_cloning_leaves_no_encoder_behind():
     """The encoder's kernel copies and state live only while a prompt is encoded: the weight store
     afterwards holds what it held before, and a second clone gives the same latents."""
     from pocket_ggml.runtime.model import PocketRuntime
+    from pocket_ggml.voices.audio import prompt_latents
 
     rt = PocketRuntime(synthetic_model(CONFIG, "Q4_K_M")[1])
     try:
         names = set(rt.weights)
         audio = np.sin(np.arange(24000 * 2) * 0.05).astype(np.float32) * 0.3
-        first = rt.encode_voice(audio, 24000)
+        first = prompt_latents(rt, audio, 24000)
         assert set(rt.weights) == names
-        assert np.array_equal(rt.encode_voice(audio, 24000), first)
+        assert np.array_equal(prompt_latents(rt, audio, 24000), first)
     finally:
         rt.close()
 

@@ -14,7 +14,7 @@ import pytest
 from _ggml_parity import REL_TOL, rel_err
 from _parity_runs import SEED, Dump, reference_run, synthetic_model
 
-from pocket_ggml.errors import AudioError, LatentError, ModelFileError
+from pocket_ggml.errors import AudioError, LatentError, VoiceCloningUnavailable
 from pocket_ggml.format.config import load_released_config
 from pocket_ggml.quantize.convert import convert, read_tokenizer
 from pocket_ggml.quantize.policy import get_mix
@@ -118,7 +118,7 @@ def test_decoder_several_frames_per_call_matches_reference(dumps, backend):
 
 
 def test_decoder_halves_on_two_threads_give_decode_audio(dumps, backend):
-    """`transform` on one thread and `synthesize` on another, pipelined as generate_audio_stream runs
+    """`first_half` on one thread and `second_half` on another, pipelined as generate_audio_stream runs
     them, give exactly `decode`'s audio (the same graphs on the same state)."""
     config = "english_2m_2026-10"
     mf, weights = _model(config, backend)
@@ -127,10 +127,10 @@ def test_decoder_halves_on_two_threads_give_decode_audio(dumps, backend):
     expected = [whole.decode(latents[i : i + 1]) for i in range(FRAMES)]
     halves = MimiDecoder(mf.config, weights, backend)
     with ThreadPoolExecutor(1) as worker:
-        hidden = [worker.submit(halves.transform, latents[i : i + 1]) for i in range(FRAMES)]
-        audio = [halves.synthesize(h.result()) for h in hidden]
+        hidden = [worker.submit(halves.first_half, latents[i : i + 1]) for i in range(FRAMES)]
+        audio = [halves.second_half(h.result()) for h in hidden]
     assert all(np.array_equal(a, b) for a, b in zip(audio, expected))
-    good = halves.transform(latents[:1])
+    good = halves.first_half(latents[:1])
     width = good.steps.shape[1]
     for bad in (
         np.zeros(width, np.float32),  # not (steps, channels)
@@ -140,11 +140,11 @@ def test_decoder_halves_on_two_threads_give_decode_audio(dumps, backend):
         np.zeros((16, width), np.int32),
     ):
         with pytest.raises(LatentError):
-            halves.synthesize(MimiHidden(bad, good.plan))
+            halves.second_half(MimiHidden(bad, good.plan))
     with pytest.raises(LatentError):
-        halves.synthesize(good.steps)  # the steps without their attention plan
+        halves.second_half(good.steps)  # the steps without their attention plan
     with pytest.raises(LatentError):
-        halves.synthesize(MimiHidden(good.steps[:8], good.plan))  # a plan for other steps
+        halves.second_half(MimiHidden(good.steps[:8], good.plan))  # a plan for other steps
 
 
 def _rss_bytes() -> int:
@@ -234,5 +234,5 @@ def test_encoder_needs_a_model_with_encoder(tmp_path, tokenizer_path, backend):
     convert(cfg, path, get_mix("F32"), tok, synthetic_seed=SEED, keep_encoder=False)
     mf = ModelFile(path)
     assert not mf.info.has_encoder
-    with pytest.raises(ModelFileError, match="no Mimi encoder"):
+    with pytest.raises(VoiceCloningUnavailable, match="no Mimi encoder"):
         MimiEncoder(mf.config, mf.load_weights(backend), backend)

@@ -19,6 +19,7 @@ from pocket_ggml.runtime.text import (
     prepare_text_prompt,
     stable_prompt_tokens,
 )
+from pocket_ggml.voices.state import clone_voice
 
 SMALL = "english_2m_2026-10"
 TEXT = (
@@ -101,7 +102,7 @@ def test_stable_tokens_begin_every_continuation(tokenizer, pad):
 
 def test_a_sentence_is_prompted_while_it_is_written(voice_wav):
     rt = PocketRuntime(synthetic_model(SMALL)[1])
-    voice = rt.voice_state(rt.encode_voice(*_read(voice_wav)))
+    voice = clone_voice(rt, *_read(voice_wav)).snapshot
     prompt = IncrementalPrompt(rt, voice, 50)
     sentence = "The weather today is quite nice and warm for the season."
     words = sentence.split(" ")

@@ -32,6 +32,7 @@ from pocket_ggml.runtime.timestamps import (
     unit_scores,
 )
 from pocket_ggml.voices.audio import read_audio
+from pocket_ggml.voices.state import clone_voice
 
 TEXT = "Hello world, this is a test of the pocket runtime."
 LAG = 15.75  # the shaped heads look ~16 rows back: this text's 14 tokens, then two frames into the text
@@ -67,7 +68,7 @@ def run_ours(config: str, mix: str, noise: np.ndarray, temp: float):
     rt = PocketRuntime(gguf)
     try:
         wav, rate = read_audio(shared_path("assets", "voices", "speaker-48k.wav"))
-        voice = rt.voice_state(rt.encode_voice(wav, rate))
+        voice = clone_voice(rt, wav, rate).snapshot
         chunks = split_into_best_sentences(rt.tokenizer, TEXT, rt.config.text)
         assert len(chunks) == 1
         heads = timestamp_heads(config)

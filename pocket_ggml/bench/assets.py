@@ -1,11 +1,12 @@
 """What a benchmark runs on: the GGUF, the voice wav, the text, and (for --reference) the identical
 weights in the released safetensors layout with the model's own tokenizer as a file.
 
-Everything generated is deterministic and cached under `<user cache>/pocket-ggml/bench/`: synthetic
-GGUFs at other mixes (made exactly as the embedded default is, stored voice included, so file sizes
-compare), the synthetic checkpoint in the released layout (`save_synthetic_safetensors`, seed 0 by
-default: the very weights the GGUF was quantized from), and the synthetic voice as a 16-bit wav (both
-sides read the same file; 16-bit goes through the same `wave` path in the reference).
+Everything generated is deterministic and cached: synthetic GGUFs at any mix (`models.synthetic_model`:
+the embedded default at Q4_K_M, the other mixes made exactly as it is, stored voice included, so file
+sizes compare) in the user cache; under its `bench/`, the synthetic checkpoint in the released layout
+(`save_synthetic_safetensors`, seed 0 by default: the very weights the GGUF was quantized from), and
+the synthetic voice as a 16-bit wav (both sides read the same file; 16-bit goes through the same
+`wave` path in the reference).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import numpy as np
 
 from pocket_ggml.errors import BenchSetupError, PocketError
 from pocket_ggml.format.config import PocketConfig
+from pocket_ggml.models import CACHE_VERSION, cache_dir, resolve_model, synthetic_model
+from pocket_ggml.quantize.policy import DEFAULT_MIX
+from pocket_ggml.voices.store import synthetic_voice_audio
 
 SPEECH_WORDS_PER_SECOND = 2.6  # a typical read-speech rate: sizes the default text to the frames
 DEFAULT_TEXT_SOURCE = (
@@ -31,12 +35,9 @@ DEFAULT_TEXT_SOURCE = (
     "Somewhere across town a baker pulled the last loaves from the oven, counted them twice, and "
     "smiled at the thought of closing early for once."
 )
-BENCH_CACHE_VERSION = "v2"  # as voices.store.CACHE_VERSION
 
 
 def bench_cache() -> Path:
-    from pocket_ggml.voices.store import cache_dir
-
     d = cache_dir() / "bench"
     d.mkdir(parents=True, exist_ok=True)
     return d
@@ -51,39 +52,11 @@ def default_text(frames: int, frame_rate: float = 12.5) -> str:
     return " ".join(out).rstrip(",.;:") + "."
 
 
-def synthetic_gguf(mix: str) -> Path:
-    """The synthetic english model (seed 0, stored synthetic voice) at `mix`: the embedded default
-    for Q4_K_M, else made once like it and cached."""
-    from pocket_ggml.quantize.policy import get_mix
-    from pocket_ggml.voices import store
-
-    m = get_mix(mix)
-    if m.name == store.DEFAULT_MIX:
-        return store.default_model_path()
-    path = bench_cache() / f"synthetic-{store.DEFAULT_CONFIG}-{m.name.lower()}-{BENCH_CACHE_VERSION}.gguf"
-    if not path.exists():
-        from pocket_ggml.format.config import load_released_config
-        from pocket_ggml.quantize.convert import check_tokenizer, convert
-        from pocket_ggml.quantize.synthetic import synthetic_tokenizer
-
-        cfg = load_released_config(store.DEFAULT_CONFIG)
-        tok = check_tokenizer(synthetic_tokenizer(cfg.flow_lm.n_bins), "sentencepiece", cfg.flow_lm.n_bins)
-        audio = store.synthetic_voice_audio(cfg.mimi.sample_rate)
-        store.convert_with_voices(
-            lambda out, states: convert(cfg, out, m, tok, synthetic_seed=0, voices=states),
-            path,
-            {store.DEFAULT_VOICE: audio},
-        )
-    return path
-
-
 def resolve_gguf(model: str | None, mix: str | None, config: str | None, tokenizer: str | None) -> Path:
     """The GGUF to benchmark: the synthetic english at `mix` (default Q4_K_M) without `model`; a
     .gguf as is; a released .safetensors (or a released name) converted to `mix` and cached."""
-    from pocket_ggml.voices.store import resolve_model
-
     if model is None:
-        return synthetic_gguf(mix or "Q4_K_M")
+        return synthetic_model(mix or DEFAULT_MIX)
     p = Path(model)
     if p.suffix == ".gguf" or (p.is_file() and p.suffix != ".safetensors"):
         if mix is not None:
@@ -91,7 +64,7 @@ def resolve_gguf(model: str | None, mix: str | None, config: str | None, tokeniz
         if not p.is_file():
             raise BenchSetupError(f"{model}: no such file")
         return p
-    return resolve_model(model, config=config, tokenizer=tokenizer, quantization=mix or "Q4_K_M")
+    return resolve_model(model, config=config, tokenizer=tokenizer, quantization=mix or DEFAULT_MIX)
 
 
 def write_wav16(path: Path, samples: np.ndarray, sample_rate: int) -> None:
@@ -113,9 +86,7 @@ def voice_wav(voice: str | None, sample_rate: int = 24000) -> Path:
         if not p.is_file():
             raise BenchSetupError(f"--voice {voice}: no such audio file (pocket-bench encodes a voice from audio)")
         return p
-    from pocket_ggml.voices.store import synthetic_voice_audio
-
-    path = bench_cache() / f"synthetic-voice-{sample_rate // 1000}k-{BENCH_CACHE_VERSION}.wav"
+    path = bench_cache() / f"synthetic-voice-{sample_rate // 1000}k-{CACHE_VERSION}.wav"
     if not path.exists():
         write_wav16(path, synthetic_voice_audio(sample_rate), sample_rate)
     return path
@@ -170,10 +141,7 @@ def reference_weights(facts: ModelFacts, model_arg: str | None) -> Path:
             raise BenchSetupError(
                 f"--reference: config {facts.config_name!r} of {facts.path} is not a released config"
             ) from None
-        path = (
-            bench_cache()
-            / f"synthetic-{facts.config_name}-seed{facts.synthetic_seed}-{BENCH_CACHE_VERSION}.safetensors"
-        )
+        path = bench_cache() / f"synthetic-{facts.config_name}-seed{facts.synthetic_seed}-{CACHE_VERSION}.safetensors"
         if not path.exists():
             save_synthetic_safetensors(cfg, facts.synthetic_seed, path)
         return path

@@ -43,14 +43,13 @@ import numpy as np
 
 import pocket_ggml
 from pocket_ggml.errors import ParityError, PocketError
-from pocket_ggml.format.config import load_released_config
+from pocket_ggml.format.config import DEFAULT_CONFIG, load_released_config
 from pocket_ggml.quantize.policy import DEFAULT_MIX, MIXES, get_mix
 
 if TYPE_CHECKING:
     from pocket_ggml.runtime.model import PocketRuntime
 
 SEED = 0  # the synthetic checkpoint's seed, also the reference's RNG seed
-DEFAULT_CONFIG = "english"
 DEFAULT_FRAMES = 125  # 10 s of audio, as in the quantization study
 DEFAULT_TEXT = "Hello world, this is a test of the pocket runtime."
 REFERENCE_TIMEOUT_S = 3600
@@ -375,9 +374,10 @@ def _free_running(
     """Our whole loop: voice wav -> our encoder -> voice state -> text -> steps (reference noise) -> Mimi."""
     from pocket_ggml.runtime.model import GenerationSettings
     from pocket_ggml.voices.audio import read_audio
+    from pocket_ggml.voices.state import clone_voice
 
     wav, rate = read_audio(voice_wav)
-    voice = rt.voice_state(rt.encode_voice(wav, rate))
+    voice = clone_voice(rt, wav, rate).snapshot
     settings = GenerationSettings(temperature=temp, eos_threshold=math.inf, max_frames=frames)
     rt.mimi.reset()
     latents, audio = [], []

@@ -11,8 +11,9 @@ the loaded model's weights and backends, fed seeded random activations of the pr
   its ring KV cache in the steady state (a full context window);
 - SEANet: the decoder's SEANet over one frame (16 steps -> 1920 samples) with its streaming state.
 
-A `FixedGraph` is built and allocated once, then computed N times: the figures are ggml compute
-only, with the stage alone on the machine (in the product the FlowLM and Mimi threads overlap). The
+Each stage's graph is built and allocated once (the runtime's `GraphRunner`, graph kept under a key),
+then run N times: the figures are ggml compute and the copies of the stage's small inputs and outputs,
+with the stage alone on the machine (in the product the FlowLM and Mimi threads overlap). The
 product's own per-frame calls (`FlowLM.step`, `MimiDecoder.decode`: graph build + compute + copies)
 are timed beside them, so the difference is the per-call Python and graph-building overhead.
 """
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import ggml
 import numpy as np
 
-from pocket_ggml.ggml_graphs.attention import KVCache, attention_inputs
+from pocket_ggml.ggml_graphs.attention import KVCache, attention_arrays, attention_inputs
 from pocket_ggml.ggml_graphs.flow_lm import flow_head_sample, flow_lm_backbone, flow_lm_eos_logit, flow_lm_input
 from pocket_ggml.ggml_graphs.seanet import seanet_decoder, seanet_decoder_plan, seanet_state_shapes
 from pocket_ggml.ggml_graphs.transformer import (
@@ -35,7 +36,7 @@ from pocket_ggml.ggml_graphs.transformer import (
     layer_caches,
     projected_transformer,
 )
-from pocket_ggml.runtime.ggml_backend import CpuBackend, Graph, StateStore, Tensor, WeightStore
+from pocket_ggml.runtime.ggml_backend import CpuBackend, Graph, GraphRunner, StateStore, Tensor, WeightStore
 from pocket_ggml.runtime.model import PocketRuntime
 
 STAGE_METHOD = (
@@ -48,66 +49,15 @@ _BUDGET_S = 0.25  # time spent per measured graph (after one warm-up run)
 _MIN_REPS, _MAX_REPS = 5, 200
 
 
-class FixedGraph:
-    """A graph built and allocated once, then computed any number of times on fixed inputs."""
-
-    def __init__(
-        self,
-        backend: CpuBackend,
-        build: Callable[[Graph], Mapping[str, Tensor]],
-        inputs: Mapping[str, np.ndarray] | None = None,
-        max_nodes: int = 16384,
-    ) -> None:
-        self.backend = backend
-        mem = ggml.ggml_tensor_overhead() * max_nodes + ggml.ggml_graph_overhead_custom(max_nodes, False)
-        self._ctx = ggml.ggml_init(ggml.ggml_init_params(mem_size=mem, mem_buffer=None, no_alloc=True))
-        if not self._ctx:
-            raise MemoryError("ggml_init failed")
-        self._galloc = ggml.ggml_gallocr_new(ggml.ggml_backend_get_default_buffer_type(backend.handle))
-        g = Graph(self._ctx, ggml.ggml_new_graph_custom(self._ctx, max_nodes, False))
-        outputs = dict(build(g))
-        for t in outputs.values():
-            ggml.ggml_set_output(t)
-            g.expand(t)
-        for t, _, _ in g.inputs.values():  # gallocr would otherwise reuse input memory after its last read
-            ggml.ggml_set_output(t)
-        self.graph = g
-        self.n_nodes = int(ggml.ggml_graph_n_nodes(g.cgraph))
-        if not ggml.ggml_gallocr_alloc_graph(self._galloc, g.cgraph):
-            raise MemoryError("ggml_gallocr_alloc_graph failed")
-        values = {**g.fed, **(inputs or {})}
-        if set(values) != set(g.inputs):
-            raise ValueError(f"graph inputs {sorted(g.inputs)} but {sorted(values)} given")
-        self._keep = []
-        for name, (t, shape, dtype) in g.inputs.items():
-            a = np.ascontiguousarray(values[name], dtype=dtype)
-            if a.shape != shape:
-                raise ValueError(f"input {name!r}: shape {a.shape}, graph expects {shape}")
-            self._keep.append(a)
-            ggml.ggml_backend_tensor_set(t, a.__array_interface__["data"][0], 0, a.nbytes)
-
-    def compute(self) -> None:
-        status = ggml.ggml_backend_graph_compute(self.backend.handle, self.graph.cgraph)
-        if status != ggml.GGML_STATUS_SUCCESS:
-            raise RuntimeError(f"ggml_backend_graph_compute failed with status {status}")
-
-    def time_ms(self) -> float:
-        """Median wall time of one compute, in ms (one warm-up run, then about `_BUDGET_S` of runs)."""
-        return median_ms(self.compute)
-
-    def close(self) -> None:
-        if self._galloc:
-            ggml.ggml_gallocr_free(self._galloc)
-            self._galloc = 0
-        if self._ctx:
-            ggml.ggml_free(self._ctx)
-            self._ctx = 0
-
-    def __enter__(self) -> FixedGraph:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def time_graph(
+    backend: CpuBackend, build: Callable[[Graph], Mapping[str, Tensor]], inputs: Mapping[str, np.ndarray]
+) -> float:
+    """Median wall time in ms of one run of `build`'s graph on `inputs` (built and allocated once)."""
+    runner = GraphRunner(backend)
+    try:
+        return median_ms(lambda: runner.run(build, inputs, key="stage"))
+    finally:
+        runner.close()
 
 
 def median_ms(fn: Callable[[], object], budget_s: float = _BUDGET_S) -> float:
@@ -171,7 +121,7 @@ def profile_stages(
 
     def build_transformer(g: Graph) -> dict[str, Tensor]:
         x = flow_lm_input(g, w, f, g.input("latent", (1, m.latent_dim)), m.latent_dim)
-        h = flow_lm_backbone(g, w, f, x, attention_inputs(g, plan, "attn"), caches, 1)
+        h = flow_lm_backbone(g, w, f, x, attention_inputs(g, plan, "attn", feed=False), caches, 1)
         return {"h": h, "eos": flow_lm_eos_logit(g, w, f, h)}
 
     def build_head(g: Graph) -> dict[str, Tensor]:
@@ -194,7 +144,7 @@ def profile_stages(
     def build_mimi_transformer(g: Graph) -> dict[str, Tensor]:
         x = g.input("x", (s, tcfg.input_dimension))
         (y,) = projected_transformer(
-            g, w, "mimi.decoder_transformer", x, tcfg, attention_inputs(g, mplan, "attn"), mcaches
+            g, w, "mimi.decoder_transformer", x, tcfg, attention_inputs(g, mplan, "attn", feed=False), mcaches
         )
         return {"y": y}
 
@@ -203,14 +153,12 @@ def profile_stages(
         return {"audio": seanet_decoder(g, w, m.decoder_seanet, x, mimi_state)}
 
     try:
-        with FixedGraph(lm_backend, build_transformer, {"latent": rand(1, m.latent_dim)}) as gr:
-            t_transformer = gr.time_ms()
-        with FixedGraph(lm_backend, build_head, {"h": rand(1, f.cond_dim), "noise": 0.5 * rand(1, m.latent_dim)}) as gr:
-            t_head = gr.time_ms()
-        with FixedGraph(mimi_backend, build_mimi_transformer, {"x": rand(s, tcfg.input_dimension)}) as gr:
-            t_mimi = gr.time_ms()
-        with FixedGraph(mimi_backend, build_seanet, {"x": rand(s, m.decoder_seanet.dimension)}) as gr:
-            t_seanet = gr.time_ms()
+        lm_inputs = {"latent": rand(1, m.latent_dim), **attention_arrays(plan, "attn")}
+        t_transformer = time_graph(lm_backend, build_transformer, lm_inputs)
+        t_head = time_graph(lm_backend, build_head, {"h": rand(1, f.cond_dim), "noise": 0.5 * rand(1, m.latent_dim)})
+        mimi_inputs = {"x": rand(s, tcfg.input_dimension), **attention_arrays(mplan, "attn")}
+        t_mimi = time_graph(mimi_backend, build_mimi_transformer, mimi_inputs)
+        t_seanet = time_graph(mimi_backend, build_seanet, {"x": rand(s, m.decoder_seanet.dimension)})
     finally:
         lm_state.close()
         mimi_state.close()
@@ -251,8 +199,7 @@ def matmul_roof(threads: int, shape: tuple[int, int, int] = ROOF_SHAPE, seed: in
             def build(g: Graph, name: str = name) -> dict[str, Tensor]:
                 return {"y": ggml.ggml_mul_mat(g.ctx, store[name], g.input("x", (m, k)))}
 
-            with FixedGraph(backend, build, {"x": x}) as gr:
-                out[name] = flops / (gr.time_ms() * 1e-3) / 1e9
+            out[name] = flops / (time_graph(backend, build, {"x": x}) * 1e-3) / 1e9
     finally:
         store.close()
         backend.close()

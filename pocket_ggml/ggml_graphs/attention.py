@@ -105,7 +105,8 @@ def _mask(q_pos: np.ndarray, k_pos: np.ndarray, context: int | None) -> np.ndarr
 
 
 def stateless_plan(n_rows: int, context: int | None, offset: int = 0) -> AttentionPlan:
-    """Attention over the new rows only (no cache), e.g. the Mimi encoder."""
+    """Attention over the new rows only, with no cache: the reference's stateless Mimi encoder pass,
+    which tests compare the streaming encoder's transformer against."""
     if n_rows < 1:
         raise ValueError("attention needs at least one row")
     pos = np.arange(offset, offset + n_rows, dtype=np.int32)

@@ -154,7 +154,7 @@ class FlowLM:
         assert self._state is not None
         cap = self.kv.capacity
         # Two arrays in the cache's own type, reused over the layers: an F32 pair per layer (plus its
-        # F16 conversion) left ~4 MB of freed heap in the RSS after every stream.
+        # F16 conversion) leaves MBs of freed heap in the RSS after every stream.
         dtype = np.float16 if self.kv_type == GGML_TYPE_F16 else np.float32
         k = np.zeros((cap, expected[2]), dtype=dtype)
         v = np.zeros((expected[2], cap), dtype=dtype)  # V is stored transposed

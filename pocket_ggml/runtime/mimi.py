@@ -1,10 +1,11 @@
 """The Mimi codec at run time: streaming latents -> audio, and voice-prompt audio -> latents.
 
 `MimiDecoder` mirrors the reference's Mimi thread (`TTSModel._decode_audio_worker` +
-`MimiModel.decode_from_latent`) in two graphs per call: `transform` (denormalisation, the quantizer
-projection, the x16 upsample, the first half of the decoder transformer's layers) and `synthesize`
-(its other layers, then the SEANet decoder), which a stream runs on two threads. Its state (conv histories, transposed-conv partials, ring KV caches sized
-for the context window) is allocated once, so memory does not grow with the audio length.
+`MimiModel.decode_from_latent`) in two graphs per call: `first_half` (denormalisation, the quantizer
+projection, the x16 upsample, the first half of the decoder transformer's layers) and `second_half`
+(its other layers, then the SEANet decoder), which a stream runs on two threads. Its state (conv
+histories, transposed-conv partials, ring KV caches sized for the context window) is allocated once,
+so memory does not grow with the audio length.
 
 `MimiEncoder` mirrors `MimiModel.encode_to_latent` (the reference runs it without state over the whole
 prompt). We run it in chunks of `ENCODER_CHUNK_FRAMES` frames with streaming state instead: the SEANet
@@ -24,7 +25,7 @@ from typing import Literal, overload
 import ggml
 import numpy as np
 
-from pocket_ggml.errors import AudioError, LatentError, ModelFileError
+from pocket_ggml.errors import AudioError, LatentError, VoiceCloningUnavailable
 from pocket_ggml.format.config import PocketConfig
 from pocket_ggml.format.names import expected_tensors
 from pocket_ggml.ggml_graphs.attention import AttentionPlan, KVCache, attention_arrays, attention_inputs
@@ -74,9 +75,9 @@ from pocket_ggml.runtime.ggml_backend import (
 
 DECODER_TRANSFORMER = "decoder_transformer"  # module names under MimiModel (weights and KV state)
 ENCODER_TRANSFORMER = "encoder_transformer"
-FADE_IN_RATE = 200  # the first chunk fades in over sample_rate // 200 samples (5 ms)
-# 0.16 s of prompt per encoder graph: its activations (~3.5 MB a frame) add to the peak memory of a
-# process that clones a voice; longer chunks are hardly faster (4 frames: ~5 % less CPU time).
+FADE_IN_MS = 5  # the first chunk of a stream fades in over its first 5 ms, as the reference's does
+# Prompt frames per encoder graph: its activations add to the peak memory of a process that clones a
+# voice, and longer chunks are hardly faster.
 ENCODER_CHUNK_FRAMES = 2
 
 
@@ -111,8 +112,8 @@ def prepare_decoder_weights(cfg: PocketConfig, weights: WeightStore, backend: Cp
 
     - channel-fast SEANet kernels (`channel_fast_copies`);
     - with LLAMAFILE, F16 for K-quant matrices of the decoder transformer: it multiplies 16 rows per
-      frame, where llamafile's F16 kernel is ~2x ggml's K-quant one (llamafile has none for K-quants).
-      F16 holds a K-quant's values to 2^-11: far below the quantization error. +7 MB for english.
+      frame, where llamafile's F16 kernel beats ggml's K-quant one (llamafile has none for K-quants).
+      F16 holds a K-quant's values to 2^-11: far below the quantization error.
     """
     copies = channel_fast_copies(weights, seanet_decoder_plan(cfg.mimi.decoder_seanet), from_quantized=False)
     if has_llamafile():
@@ -126,9 +127,9 @@ def prepare_decoder_weights(cfg: PocketConfig, weights: WeightStore, backend: Cp
 
 @dataclass(frozen=True)
 class MimiHidden:
-    """What `MimiDecoder.transform` hands to `synthesize`: the decoder transformer's steps after its
+    """What `MimiDecoder.first_half` hands to `second_half`: the decoder transformer's steps after its
     first layers, (steps, d_model) float32, and the attention plan the remaining layers use for them
-    (made when the steps entered the transformer: a pipelined `transform` may have moved on)."""
+    (made when the steps entered the transformer: a pipelined `first_half` may have moved on)."""
 
     steps: np.ndarray
     plan: AttentionPlan
@@ -167,8 +168,8 @@ class MimiDecoder:
         self._kv = KVCache(capacity, context)
         self._width = shape.d_model
         # The decoder transformer's layers are split between the halves so that both cost about the
-        # same beside a FlowLM step (the first half's thread also runs the FlowLM): transform runs
-        # ceil(n/2) layers (all of a 1-layer transformer), synthesize the rest before the SEANet.
+        # same beside a FlowLM step (the first half's thread also runs the FlowLM): first_half runs
+        # ceil(n/2) layers (all of a 1-layer transformer), second_half the rest before the SEANet.
         split = shape.num_layers - shape.num_layers // 2
         self._first_layers, self._second_layers = range(split), range(split, shape.num_layers)
         # the first half runs on a backend of its own: it may run beside the second
@@ -176,7 +177,7 @@ class MimiDecoder:
         self._transformer_runner = GraphRunner(self._transformer_backend)
         self._seanet_runner = GraphRunner(backend)
         # torch.linspace(0, 1, n), as the reference's fade; 1 ulp from it at most
-        self._fade_in = np.linspace(0.0, 1.0, m.sample_rate // FADE_IN_RATE, dtype=np.float32)
+        self._fade_in = np.linspace(0.0, 1.0, m.sample_rate * FADE_IN_MS // 1000, dtype=np.float32)
         self._fade_pending = True
 
     def reset(self) -> None:
@@ -194,7 +195,7 @@ class MimiDecoder:
         self, latents: np.ndarray, stages: bool = False
     ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
         """Normalised latents (n_frames, latent_dim) -> n_frames * frame_size float32 samples:
-        `transform` then `synthesize`.
+        `first_half` then `second_half`.
 
         With `stages`, also the intermediates named as in the reference dump, each in the layout of one
         reference call without the batch axis: mimi_dec_latent_in (n, latent_dim), mimi_dec_quantizer_out
@@ -203,9 +204,9 @@ class MimiDecoder:
         """
         x = self._check(latents)
         if not stages:
-            return self.synthesize(self.transform(x))
-        first = self._transform(x, stages=True)
-        second = self._second_half(first["hidden"], stages=True)
+            return self.second_half(self.first_half(x))
+        first = self._run_first_half(x, stages=True)
+        second = self._run_second_half(first["hidden"], stages=True)
         raw = second["audio"]
         audio = self._faded(raw.copy())
         n_frames, m = x.shape[0], self.cfg.mimi
@@ -217,18 +218,18 @@ class MimiDecoder:
             "mimi_dec_seanet_out": raw,
         }
 
-    def transform(self, latents: np.ndarray) -> MimiHidden:
+    def first_half(self, latents: np.ndarray) -> MimiHidden:
         """First half of `decode`: denormalisation, quantizer projection, upsample and the decoder
-        transformer's first layers -> the input of `synthesize`. The two halves keep separate state
+        transformer's first layers -> the input of `second_half`. The two halves keep separate state
         and graphs, so a stream can run them on two threads (each half in order)."""
-        return self._transform(self._check(latents), stages=False)["hidden"]
+        return self._run_first_half(self._check(latents), stages=False)["hidden"]
 
-    def synthesize(self, hidden: MimiHidden) -> np.ndarray:
+    def second_half(self, hidden: MimiHidden) -> np.ndarray:
         """Second half of `decode`: the decoder transformer's other layers and the SEANet decoder over
-        `transform`'s output -> audio samples."""
-        return self._faded(self._second_half(hidden, stages=False)["audio"])
+        `first_half`'s output -> audio samples."""
+        return self._faded(self._run_second_half(hidden, stages=False)["audio"])
 
-    def _transform(self, x: np.ndarray, stages: bool) -> dict:
+    def _run_first_half(self, x: np.ndarray, stages: bool) -> dict:
         m = self.cfg.mimi
         steps = m.resample_stride * x.shape[0]
         # Attention always reads the whole ring, so every call of n frames has the same graph.
@@ -261,21 +262,21 @@ class MimiDecoder:
         out["hidden"] = MimiHidden(out.pop("steps"), plan)
         return out
 
-    def _second_half(self, hidden: MimiHidden, stages: bool) -> dict[str, np.ndarray]:
+    def _run_second_half(self, hidden: MimiHidden, stages: bool) -> dict[str, np.ndarray]:
         m = self.cfg.mimi
         if not isinstance(hidden, MimiHidden):
-            raise LatentError(f"synthesize takes what transform returns (a MimiHidden), got {type(hidden).__name__}")
+            raise LatentError(f"second_half takes what first_half returns (a MimiHidden), got {type(hidden).__name__}")
         a, plan = np.asarray(hidden.steps), hidden.plan
         max_steps = m.resample_stride * self.max_frames_per_call
         if a.dtype.kind != "f" or a.ndim != 2 or a.shape[1] != self._width or not 1 <= a.shape[0] <= max_steps:
             raise LatentError(
                 f"the decoder transformer's steps must be float (steps <= {max_steps}, {self._width}) as "
-                f"`transform` returns, got {a.dtype} {a.shape}"
+                f"`first_half` returns, got {a.dtype} {a.shape}"
             )
         if not np.isfinite(a).all():
             raise LatentError("the decoder transformer's steps hold NaN or infinite values")
         if not isinstance(plan, AttentionPlan) or plan.n_rows != a.shape[0] or plan.n_keys != self._kv.capacity:
-            raise LatentError("the MimiHidden's attention plan does not fit its steps: pass transform's result")
+            raise LatentError("the MimiHidden's attention plan does not fit its steps: pass first_half's result")
         steps = np.ascontiguousarray(a, dtype=np.float32)
         layers, inputs = self._second_layers, {"hidden": steps}
         if layers:
@@ -333,14 +334,14 @@ class MimiEncoder:
     def __init__(self, cfg: PocketConfig, weights: WeightStore, backend: CpuBackend) -> None:
         encoder_tensors = set(expected_tensors(cfg, with_encoder=True)) - set(expected_tensors(cfg, with_encoder=False))
         if any(gguf_name(n) not in weights for n in encoder_tensors):
-            raise ModelFileError(
-                "this model has no Mimi encoder (it was converted with --no-encoder): voice prompts from audio need it"
+            raise VoiceCloningUnavailable(
+                "this model has no Mimi encoder (it was converted with --no-encoder): voice cloning needs it"
             )
         m = cfg.mimi
         self.cfg = cfg
         self.frame_size = m.frame_size
-        # channel-fast SEANet kernels, the quantized ones (Q8_0 in the quantized mixes) as F16: 1.3x
-        # faster encoding of a prompt for ~6 MB. They live in a store of the encoder's own, so that
+        # channel-fast SEANet kernels, the quantized ones (Q8_0 in the quantized mixes) as F16: faster
+        # encoding for a few MB. They live in a store of the encoder's own, so that
         # `close` gives them back: a process that clones a voice and then speaks has no use for them.
         plan = seanet_encoder_plan(m.encoder_seanet)
         self._copies = WeightStore.from_arrays(backend, channel_fast_copies(weights, plan, from_quantized=True))

@@ -1,4 +1,5 @@
-"""A loaded pocket-tts GGUF and the pipeline around it: voice prompt -> FlowLM -> Mimi -> audio.
+"""A loaded pocket-tts GGUF: its tokenizer, FlowLM, Mimi decoder (and encoder on demand), and the
+latent frames of one chunk of text. `pipeline.py` turns them into a stream of audio.
 
 Weights are mapped once and shared; the FlowLM and the Mimi decoder each have their own CPU backend
 (and thread count), so the two can run on separate threads (as the reference does).
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pocket_ggml.errors import VoiceCloningUnavailable
 from pocket_ggml.format.names import Role, from_gguf
 from pocket_ggml.runtime.build_check import warn_if_slow_build
 from pocket_ggml.runtime.flow_lm import FlowLM, FlowLMSnapshot, sample_noise
@@ -30,7 +30,6 @@ from pocket_ggml.runtime.mimi import MimiDecoder, MimiEncoder
 from pocket_ggml.runtime.model_file import ModelFile
 from pocket_ggml.runtime.text import Tokenizer, prepare_text_prompt
 from pocket_ggml.runtime.timestamps import TimestampChunk, timestamp_chunks
-from pocket_ggml.voices.audio import prepare_voice_prompt
 
 _MATMUL_ROLES = {  # matrices read only by mul_mat (not the text table: get_rows)
     Role.LM_TEXT_PROJ,
@@ -48,8 +47,9 @@ _MATMUL_ROLES = {  # matrices read only by mul_mat (not the text table: get_rows
 
 def prepare_weights(weights: WeightStore, backend: CpuBackend) -> None:
     """Move the FlowLM matrices ggml has interleaved kernels for (`repackable`: Q4_K/Q4_0 on x86, also
-    Q8_0/Q5_K/Q6_K on ARM with dotprod or i8mm) to its CPU_REPACK buffer: on x86, Q4_K 1.1-1.3x faster
-    per step and ~1.9x for prompts. (The Mimi decoder prepares its own: `MimiDecoder`.)"""
+    Q8_0/Q5_K/Q6_K on ARM with dotprod or i8mm) to its CPU_REPACK buffer, whose kernels multiply
+    several rows at once: faster steps, and more so for prompts. (The Mimi decoder prepares its own:
+    `MimiDecoder`.)"""
     repack = []
     for name in weights:
         row = from_gguf(name)
@@ -61,6 +61,9 @@ def prepare_weights(weights: WeightStore, backend: CpuBackend) -> None:
 
 @dataclass(frozen=True)
 class GenerationSettings:
+    """What one generation runs with: the model file's `GenerationDefaults` (`PocketRuntime.defaults`)
+    as the caller overrode them, and the frame caps."""
+
     temperature: float
     eos_threshold: float
     noise_clamp: float | None = None
@@ -82,7 +85,7 @@ def thread_plan(threads: int, mimi_threads: int, cpus: int) -> tuple[int, int, i
 
     A stream computes on two threads at once (the worker: FlowLM step, then the Mimi transformer; the
     consumer: SEANet): more ggml threads than CPUs in all makes every barrier wait on a descheduled
-    thread (2 + 2 threads on 2 cores: 3.5x realtime instead of 10x), so each gets at most half the
+    thread, which costs far more than the extra thread gains, so each gets at most half the
     CPUs. Prompts (text, voice) run while the decoder is idle and get both counts, at most the CPUs."""
     share = max(1, cpus // 2)
     flow_lm, mimi = min(threads, share), min(mimi_threads, share)
@@ -114,17 +117,18 @@ class PocketRuntime:
         return self.config.mimi.sample_rate
 
     def defaults(self) -> GenerationSettings:
+        """The settings of the model file's `GenerationDefaults`."""
         g = self.config.generation
         return GenerationSettings(g.temperature, g.eos_threshold, None, g.frames_after_eos)
 
-    def encode_voice(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        """Mimi encoder latents (T, speaker_dim) of a voice prompt (mono samples at any rate)."""
-        if not self.file.info.has_encoder:
-            raise VoiceCloningUnavailable(
-                f"{self.file.path} has no Mimi encoder (made with --no-encoder): voice cloning needs a file with it"
-            )
-        m = self.config.mimi
-        prompt = prepare_voice_prompt(audio, sample_rate, m.sample_rate, m.frame_size)
+    def noise_source(self, rng: np.random.Generator, settings: GenerationSettings) -> NoiseSource:
+        """The sampling noise of `settings`, one latent frame's worth a call, drawn from `rng`."""
+        dim, temperature, clamp = self.config.mimi.latent_dim, settings.temperature, settings.noise_clamp
+        return lambda: sample_noise(rng, dim, temperature, clamp)
+
+    def encode_voice(self, prompt: np.ndarray) -> np.ndarray:
+        """Mimi encoder latents (T, speaker_dim) of a prepared voice prompt: mono samples at the model's
+        rate, a whole number of frames (`pocket_ggml.voices.audio.prepare_voice_prompt`)."""
         # An encoder for each prompt, closed after it: kept, its kernel copies, state and weight pages
         # would stay in every process that ever cloned a voice (making it is a small part of encoding).
         encoder = MimiEncoder(self.config, self.weights, self.backend)
@@ -179,23 +183,6 @@ class PocketRuntime:
             should_stop=should_stop,
             text_heads=text_heads,
         )
-
-    def synthesize(
-        self,
-        voice: FlowLMSnapshot,
-        text: str,
-        settings: GenerationSettings,
-        noise: NoiseSource | None = None,
-        seed: int | None = None,
-    ) -> Iterator[np.ndarray]:
-        """Audio chunks (one latent frame = frame_size samples each) for one chunk of text."""
-        if noise is None:
-            rng = np.random.default_rng(seed)
-            dim, temp, clamp = self.config.mimi.latent_dim, settings.temperature, settings.noise_clamp
-            noise = lambda: sample_noise(rng, dim, temp, clamp)  # noqa: E731
-        self.mimi.reset()
-        for frame in self.frames(voice, text, settings, noise):
-            yield self.mimi.decode(frame.latent[None, :])
 
     def close(self) -> None:
         self.mimi.close()

@@ -24,9 +24,9 @@ from typing import TypeVar
 import numpy as np
 
 from pocket_ggml.api import TTSModel
-from pocket_ggml.errors import Overloaded, PocketError, VoiceStateError
+from pocket_ggml.errors import Overloaded, PocketError
 from pocket_ggml.runtime.model import usable_cpus
-from pocket_ggml.voices.state import VoiceState
+from pocket_ggml.voices.state import VoiceState, check_fits
 
 T = TypeVar("T")
 
@@ -229,12 +229,7 @@ class ModelPool:
 
     def check_voice_state(self, state: VoiceState) -> None:
         """Raise `VoiceStateError` unless `state` was made by a model of this one's FlowLM shape."""
-        flow_lm = self.config.flow_lm
-        if state.num_layers != flow_lm.num_layers or state.kv_dim != flow_lm.kv_dim:
-            raise VoiceStateError(
-                f"the voice state holds {state.num_layers} layers x {state.kv_dim}; this model has "
-                f"{flow_lm.num_layers} x {flow_lm.kv_dim}"
-            )
+        check_fits(state, self.config.flow_lm)
 
     def close(self, timeout: float = 10.0) -> None:
         """Free the models once their worker threads are done (a stopped generation ends within a frame);

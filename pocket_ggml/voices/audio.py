@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pocket_ggml.errors import AudioError
+
+if TYPE_CHECKING:
+    from pocket_ggml.runtime.model import PocketRuntime
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
@@ -114,3 +118,10 @@ def prepare_voice_prompt(wav: np.ndarray, rate: int, sample_rate: int, frame_siz
         raise AudioError("the voice prompt holds NaN or infinite samples")
     out = end_on_pause(resample(wav.astype(np.float32), rate, sample_rate), sample_rate)
     return pad_to_frames(out, frame_size)
+
+
+def prompt_latents(runtime: PocketRuntime, wav: np.ndarray, rate: int) -> np.ndarray:
+    """Mimi latents (T, speaker_dim) of a voice prompt given as mono samples at `rate`: prepared as the
+    reference prepares it, then encoded by the model's Mimi encoder."""
+    m = runtime.config.mimi
+    return runtime.encode_voice(prepare_voice_prompt(wav, rate, m.sample_rate, m.frame_size))

@@ -15,7 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from pocket_ggml.errors import VoiceStateError
+from pocket_ggml.format.config import FlowLMConfig
 from pocket_ggml.runtime.flow_lm import FlowLMSnapshot
+from pocket_ggml.runtime.model import PocketRuntime
+from pocket_ggml.voices.audio import prompt_latents
 
 FORMAT = "pocket-ggml-voice"
 FORMAT_VERSION = "1"
@@ -40,6 +43,21 @@ class VoiceState:
     @property
     def n_rows(self) -> int:
         return self.snapshot.n_rows
+
+
+def clone_voice(runtime: PocketRuntime, wav: np.ndarray, rate: int, source: str = "") -> VoiceState:
+    """The voice state of a voice prompt given as mono samples at `rate`."""
+    return VoiceState(runtime.voice_state(prompt_latents(runtime, wav, rate)), source=source)
+
+
+def check_fits(state: VoiceState, flow_lm: FlowLMConfig) -> VoiceState:
+    """`state`, if it is a cache of a FlowLM of this shape (layers and K/V width); else a `VoiceStateError`."""
+    if state.num_layers != flow_lm.num_layers or state.kv_dim != flow_lm.kv_dim:
+        raise VoiceStateError(
+            f"voice state for {state.num_layers} layers x {state.kv_dim} does not fit this model "
+            f"({flow_lm.num_layers} x {flow_lm.kv_dim})"
+        )
+    return state
 
 
 def save_voice_state(state: VoiceState, path: str | Path) -> None:
