@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import ggml
-
 from pocket_ggml.format.config import SEANetConfig
+from pocket_ggml.ggml_binding import Tensor, ggml, tensor_ne
 from pocket_ggml.ggml_graphs.conv import conv1d_history, streaming_conv1d, streaming_conv_transpose1d
+from pocket_ggml.ggml_graphs.graph import Graph
 from pocket_ggml.ggml_graphs.nn import Weights, expect_shape, gguf_name, weight
-from pocket_ggml.runtime.ggml_backend import Graph, Tensor, tensor_ne
 
 ENCODER = "encoder.model"  # the reference's module paths under MimiModel
 DECODER = "decoder.model"

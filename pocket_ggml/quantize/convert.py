@@ -118,7 +118,7 @@ def _encode(array: np.ndarray, qtype: GGMLType) -> np.ndarray:
         return np.ascontiguousarray(array, dtype=np.float32)
     if qtype == T.F16:
         return np.ascontiguousarray(array, dtype=np.float16)
-    from pocket_ggml.runtime.ggml_backend import quantize_rows
+    from pocket_ggml.ggml_binding import quantize_rows
 
     return quantize_rows(np.ascontiguousarray(array.reshape(-1, array.shape[-1]), dtype=np.float32), qtype)
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from pocket_ggml.errors import VoiceCloningUnavailable
 from pocket_ggml.format.names import Role, from_gguf
+from pocket_ggml.ggml_binding import GGML_TYPE_F16, GGML_TYPE_F32, repackable
 from pocket_ggml.runtime.build_check import warn_if_slow_build
 from pocket_ggml.runtime.flow_lm import FlowLM, FlowLMSnapshot, sample_noise
 from pocket_ggml.runtime.generate import (
@@ -25,7 +26,7 @@ from pocket_ggml.runtime.generate import (
     frames_after_eos_for,
     generate_latents,
 )
-from pocket_ggml.runtime.ggml_backend import GGML_TYPE_F16, GGML_TYPE_F32, CpuBackend, WeightStore, repackable
+from pocket_ggml.runtime.ggml_backend import CpuBackend, WeightStore
 from pocket_ggml.runtime.mimi import MimiDecoder, MimiEncoder
 from pocket_ggml.runtime.model_file import ModelFile
 from pocket_ggml.runtime.text import Tokenizer, prepare_text_prompt
@@ -192,7 +193,7 @@ class PocketRuntime:
         if noise is None:
             rng = np.random.default_rng(seed)
             dim, temp, clamp = self.config.mimi.latent_dim, settings.temperature, settings.noise_clamp
-            noise = lambda: sample_noise(rng, dim, temp, clamp)  # noqa: E731
+            noise = lambda: sample_noise(rng, dim, temp, clamp)
         self.mimi.reset()
         for frame in self.frames(voice, text, settings, noise):
             yield self.mimi.decode(frame.latent[None, :])

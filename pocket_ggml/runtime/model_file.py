@@ -37,6 +37,7 @@ from pocket_ggml.format.names import (
     stored_shape,
     to_released_layout,
 )
+from pocket_ggml.ggml_binding import dequantize
 from pocket_ggml.quantize.gguf_format import (
     TOKENIZER_TENSOR,
     VOICE_TENSOR_PREFIX,
@@ -47,7 +48,7 @@ from pocket_ggml.quantize.gguf_format import (
     read_metadata,
 )
 from pocket_ggml.quantize.policy import TENSOR_TYPES
-from pocket_ggml.runtime.ggml_backend import CpuBackend, TensorSpec, WeightStore, dequantize
+from pocket_ggml.runtime.ggml_backend import CpuBackend, TensorSpec, WeightStore
 from pocket_ggml.runtime.gguf_header import GGUFHeader, TensorInfo, scan_gguf
 
 T = GGMLType
