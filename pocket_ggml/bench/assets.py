@@ -63,8 +63,8 @@ def synthetic_gguf(mix: str) -> Path:
     path = bench_cache() / f"synthetic-{store.DEFAULT_CONFIG}-{m.name.lower()}-{BENCH_CACHE_VERSION}.gguf"
     if not path.exists():
         from pocket_ggml.format.config import load_released_config
-        from pocket_ggml.quantize.convert import check_tokenizer, convert
-        from pocket_ggml.quantize.synthetic import synthetic_tokenizer
+        from pocket_ggml.format.tokenizer import check_tokenizer, synthetic_tokenizer
+        from pocket_ggml.quantize.convert import convert
 
         cfg = load_released_config(store.DEFAULT_CONFIG)
         tok = check_tokenizer(synthetic_tokenizer(cfg.flow_lm.n_bins), "sentencepiece", cfg.flow_lm.n_bins)

@@ -12,16 +12,18 @@ import numpy as np
 from pocket_ggml.errors import CheckpointError, ConfigError, PocketError
 from pocket_ggml.format.config import (
     DEFAULT_CONFIG,
+    DEFAULT_MIX,
     PocketConfig,
     load_config_yaml,
     load_released_config,
     released_config_names,
 )
 from pocket_ggml.format.names import expected_tensors
+from pocket_ggml.format.tokenizer import check_tokenizer, read_tokenizer, synthetic_tokenizer
 from pocket_ggml.quantize.checkpoint import SafetensorsCheckpoint
-from pocket_ggml.quantize.convert import ConversionResult, check_tokenizer, convert, read_tokenizer
-from pocket_ggml.quantize.policy import DEFAULT_MIX, MIXES, get_mix, parse_overrides
-from pocket_ggml.quantize.synthetic import save_synthetic_safetensors, synthetic_tokenizer
+from pocket_ggml.quantize.convert import ConversionResult, convert
+from pocket_ggml.quantize.policy import MIXES, get_mix, parse_overrides
+from pocket_ggml.quantize.synthetic import save_synthetic_safetensors
 
 
 def _resolve_config(config: str | None, config_yaml: str | None, ckpt: SafetensorsCheckpoint | None) -> PocketConfig:
@@ -37,7 +39,7 @@ def _resolve_config(config: str | None, config_yaml: str | None, ckpt: Safetenso
 
 
 def _parse_voices(specs: tuple[str, ...]) -> dict[str, str]:
-    from pocket_ggml.quantize.gguf_format import VOICE_NAME_RX
+    from pocket_ggml.format.gguf_keys import VOICE_NAME_RX
 
     out = {}
     for spec in specs:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pocket_ggml.format.seanet import conv1d_history
 from pocket_ggml.ggml_binding import (
     GGML_TYPE_F32,
     Tensor,
@@ -131,11 +132,6 @@ def conv1d_channel_fast(g: Graph, xp: Tensor, weight: Tensor, *, kernel_size: in
         # LLAMAFILE's sgemm needs a contiguous F32 operand; other kernel types convert it row by row.
         cols = ggml.ggml_cont(ctx, cols)
     return ggml.ggml_mul_mat(ctx, weight, cols)
-
-
-def conv1d_history(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
-    """Input steps a streaming conv keeps between calls (the reference's `previous`)."""
-    return (kernel_size - 1) * dilation + 1 - stride
 
 
 def check_conv1d(

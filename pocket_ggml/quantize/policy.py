@@ -19,21 +19,12 @@ import re
 from dataclasses import dataclass
 
 from pocket_ggml.errors import QuantizationError
-from pocket_ggml.format.ggml_types import QUANT_SIZES, FileType, GGMLType
+from pocket_ggml.format.ggml_types import QUANT_SIZES, TENSOR_TYPES, FileType, GGMLType
 from pocket_ggml.format.names import Role
 
 T = GGMLType
-TENSOR_TYPES: dict[str, T] = {
-    "F32": T.F32,
-    "F16": T.F16,
-    "Q8_0": T.Q8_0,
-    "Q4_K": T.Q4_K,
-    "Q5_K": T.Q5_K,
-    "Q6_K": T.Q6_K,
-}
 K_QUANTS = (T.Q4_K, T.Q5_K, T.Q6_K)
 
-_FLOWLM_MATRICES = (Role.LM_ATTN_QKV, Role.LM_ATTN_OUT, Role.LM_FFN_UP, Role.LM_FFN_DOWN)
 _SMALL_LM = (Role.LM_INPUT, Role.LM_SPEAKER_PROJ, Role.LM_Z_PROJ, Role.LM_EOS, Role.LM_TEXT_PROJ)
 
 
@@ -109,7 +100,6 @@ MIXES: dict[str, Mix] = {
         "encoder Q6_K/Q8_0",
     ),
 }
-DEFAULT_MIX = "Q4_K_M"
 
 
 def use_more_bits(layer: int, n_layers: int) -> bool:
@@ -180,11 +170,3 @@ def choose_type(
         if rx.search(gguf_name):
             wanted = qtype
     return fallback(wanted, stored_shape[-1])
-
-
-def type_nbytes(qtype: T, shape: tuple[int, ...]) -> int:
-    block, size = QUANT_SIZES[qtype]
-    n = 1
-    for d in shape:
-        n *= d
-    return n // block * size

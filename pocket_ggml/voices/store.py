@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pocket_ggml.errors import ModelNotAvailable, TokenizerError, VoiceStateError
-from pocket_ggml.quantize.gguf_format import voice_tensor_name
+from pocket_ggml.format.gguf_keys import voice_tensor_name
 from pocket_ggml.voices.state import VoiceState, load_voice_state
 
 DEFAULT_CONFIG = "english"
@@ -108,9 +108,9 @@ def default_model_path() -> Path:
     path = cache_dir() / f"synthetic-{DEFAULT_CONFIG}-{DEFAULT_MIX.lower()}-{CACHE_VERSION}.gguf"
     if not path.exists():
         from pocket_ggml.format.config import load_released_config
-        from pocket_ggml.quantize.convert import check_tokenizer, convert
+        from pocket_ggml.format.tokenizer import check_tokenizer, synthetic_tokenizer
+        from pocket_ggml.quantize.convert import convert
         from pocket_ggml.quantize.policy import get_mix
-        from pocket_ggml.quantize.synthetic import synthetic_tokenizer
 
         cfg = load_released_config(DEFAULT_CONFIG)
         tok = check_tokenizer(synthetic_tokenizer(cfg.flow_lm.n_bins), "sentencepiece", cfg.flow_lm.n_bins)
@@ -148,8 +148,9 @@ def resolve_model(
 def _convert_checkpoint(src: Path, config: str | None, tokenizer: str | Path | None, quantization: str) -> Path:
     from pocket_ggml.errors import CheckpointError
     from pocket_ggml.format.config import load_released_config
+    from pocket_ggml.format.tokenizer import read_tokenizer
     from pocket_ggml.quantize.checkpoint import SafetensorsCheckpoint
-    from pocket_ggml.quantize.convert import convert, read_tokenizer
+    from pocket_ggml.quantize.convert import convert
     from pocket_ggml.quantize.policy import get_mix
 
     if not src.is_file():
