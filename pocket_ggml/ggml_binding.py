@@ -71,7 +71,7 @@ def _fix_mmap_threshold() -> bool:
 
 _fix_mmap_threshold()
 
-import ggml
+import ggml  # noqa: E402  (after the set-up above, which ggml reads when it loads)
 
 # Binding bug: these return pointers but declare a NewType(int) restype, which ctypes treats as
 # a C int and truncates to 32 bits; the next use of the pointer segfaults.

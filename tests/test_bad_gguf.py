@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from _gguf_corpus import build_cases, layout, make_bases
 
-from pocket_ggml.runtime.model_file import MAX_MESSAGE, UNEXPECTED
+from pocket_ggml.runtime.model_file import MAX_MESSAGE, UNANTICIPATED
 
 WORKER = Path(__file__).with_name("_gguf_corpus.py")
 N_WORKERS = 2
@@ -141,7 +141,7 @@ def test_every_case_loads_or_raises_model_file_error(corpus):
     def check(c, r):
         if r["outcome"] not in ("error", "loaded"):
             return f"{r['outcome']}: {r.get('message')}\n{r.get('trace', '')}"
-        if r["outcome"] == "error" and UNEXPECTED in r["message"]:
+        if r["outcome"] == "error" and UNANTICIPATED in r["message"]:
             return f"a ModelFileError only from the catch-all: {r['message']}"
         return None
 

@@ -2,8 +2,8 @@
 
 The same names, numbers and block sizes as gguf-py's `GGMLQuantizationType`, `GGML_QUANT_SIZES`,
 `GGUFValueType` and `LlamaFileType` (tests/test_ggml_types.py checks that they agree). They are
-defined here so that loading a model and speaking never import gguf-py: it costs ~35 ms and ~5 MB
-of a run's start (against a 0.3 s and 120 MB budget), and only writing a GGUF needs it.
+defined here so that loading a model and speaking never import gguf-py: importing it is a noticeable
+share of a run's start time and memory, and only writing a GGUF needs it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, final
 
 from pocket_ggml.format.config import PocketConfig
 
@@ -54,6 +54,7 @@ class Kind(Enum):
     REPLACEMENTS = "character replacements"  # two string arrays: this key (from) and Keys.REPLACE_TO
 
 
+@final
 class ConfigKey(str):
     """A metadata key (the string itself) that stores the config field at dotted path `field`.
 
@@ -85,8 +86,9 @@ class ConfigKey(str):
         return value
 
 
-def _lm(key: str, field: str, kind: Kind = Kind.UINT32, absent: int | None = None) -> ConfigKey:
-    return ConfigKey(f"{ARCH}.{key}", field, kind, absent)
+def _lm(key: str, field: str = "", kind: Kind = Kind.UINT32, absent: int | None = None) -> ConfigKey:
+    """`pocket-tts.{key}`, storing the config field `field` (by default the one at the key's own path)."""
+    return ConfigKey(f"{ARCH}.{key}", field or key, kind, absent)
 
 
 class Keys:
@@ -116,29 +118,29 @@ class Keys:
     LM_N_BINS = _lm("flow_lm.text.n_bins", "flow_lm.n_bins")
     LM_TEXT_DIM = _lm("flow_lm.text.dim", "flow_lm.text_dim")
     LM_TEXT_RANK = _lm("flow_lm.text.rank", "flow_lm.text_rank", absent=0)  # 0: full-width table
-    LM_Z_DIM = _lm("flow_lm.z_dim", "flow_lm.z_dim", absent=0)  # 0: no z_proj
+    LM_Z_DIM = _lm("flow_lm.z_dim", absent=0)  # 0: no z_proj
     FLOW_DIM = _lm("flow.dim", "flow_lm.flow_dim")
     FLOW_DEPTH = _lm("flow.depth", "flow_lm.flow_depth")
-    MIMI_SAMPLE_RATE = _lm("mimi.sample_rate", "mimi.sample_rate")
-    MIMI_CHANNELS = _lm("mimi.channels", "mimi.channels")
-    MIMI_LATENT_DIM = _lm("mimi.latent_dim", "mimi.latent_dim")
-    MIMI_QUANT_OUT_DIM = _lm("mimi.quantizer_output_dim", "mimi.quantizer_output_dim")
-    MIMI_INNER_DIM = _lm("mimi.inner_dim", "mimi.inner_dim", absent=0)  # 0: not set
-    MIMI_OUTER_DIM = _lm("mimi.outer_dim", "mimi.outer_dim", absent=0)  # 0: not set
+    MIMI_SAMPLE_RATE = _lm("mimi.sample_rate")
+    MIMI_CHANNELS = _lm("mimi.channels")
+    MIMI_LATENT_DIM = _lm("mimi.latent_dim")
+    MIMI_QUANT_OUT_DIM = _lm("mimi.quantizer_output_dim")
+    MIMI_INNER_DIM = _lm("mimi.inner_dim", absent=0)  # 0: not set
+    MIMI_OUTER_DIM = _lm("mimi.outer_dim", absent=0)  # 0: not set
     LM_ROPE_PERIOD = _lm("flow_lm.rope.max_period", "flow_lm.max_period", Kind.FLOAT64)
-    LM_BOS_BEFORE_VOICE = _lm("flow_lm.insert_bos_before_voice", "flow_lm.insert_bos_before_voice", Kind.BOOL)
+    LM_BOS_BEFORE_VOICE = _lm("flow_lm.insert_bos_before_voice", kind=Kind.BOOL)
     FLOW_TYPE = _lm("flow.type", "flow_lm.flow_type", Kind.STRING)
-    MIMI_FRAME_RATE = _lm("mimi.frame_rate", "mimi.frame_rate", Kind.FLOAT64)
+    MIMI_FRAME_RATE = _lm("mimi.frame_rate", kind=Kind.FLOAT64)
     # generation defaults and text rules
-    TEMPERATURE = _lm("generation.temperature", "generation.temperature", Kind.FLOAT64)
-    EOS_THRESHOLD = _lm("generation.eos_threshold", "generation.eos_threshold", Kind.FLOAT64)
-    FRAMES_AFTER_EOS = _lm("generation.frames_after_eos", "generation.frames_after_eos", Kind.INT32, absent=-1)
+    TEMPERATURE = _lm("generation.temperature", kind=Kind.FLOAT64)
+    EOS_THRESHOLD = _lm("generation.eos_threshold", kind=Kind.FLOAT64)
+    FRAMES_AFTER_EOS = _lm("generation.frames_after_eos", kind=Kind.INT32, absent=-1)
     REPLACE_FROM = _lm("text.replace_from", "text.replace_characters", Kind.REPLACEMENTS)
     REPLACE_TO = f"{ARCH}.text.replace_to"
-    PAD_SHORT = _lm("text.pad_with_spaces_for_short_inputs", "text.pad_with_spaces_for_short_inputs", Kind.BOOL)
-    REMOVE_SEMICOLONS = _lm("text.remove_semicolons", "text.remove_semicolons", Kind.BOOL)
-    TERMINAL_PUNCTUATION = _lm("text.append_terminal_punctuation", "text.append_terminal_punctuation", Kind.BOOL)
-    CAPITALIZE = _lm("text.capitalize_first_letter", "text.capitalize_first_letter", Kind.BOOL)
+    PAD_SHORT = _lm("text.pad_with_spaces_for_short_inputs", kind=Kind.BOOL)
+    REMOVE_SEMICOLONS = _lm("text.remove_semicolons", kind=Kind.BOOL)
+    TERMINAL_PUNCTUATION = _lm("text.append_terminal_punctuation", kind=Kind.BOOL)
+    CAPITALIZE = _lm("text.capitalize_first_letter", kind=Kind.BOOL)
 
 
 MIMI_SIDES = ("encoder", "decoder")

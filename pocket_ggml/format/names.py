@@ -218,7 +218,7 @@ def _shape_key(segments: _Segments) -> _Segments:
 def _index(attr: str) -> dict[_Segments, list[tuple[_Segments, NameRule]]]:
     """The table's templates on side `attr` ("released" or "gguf") by shape key. Every placeholder
     ({l}, {k}, ...) is a whole dot-separated segment that matches a decimal number; a lookup is a dict
-    probe and a segment-wise check, not a scan of ~80 regexes (compiling those cost each load ~30 ms)."""
+    probe and a segment-wise check, not a scan of ~80 regexes (compiling those would slow every load)."""
     index: dict[_Segments, list[tuple[_Segments, NameRule]]] = {}
     for rule in TENSOR_NAME_TABLE:
         template = tuple(getattr(rule, attr).split("."))

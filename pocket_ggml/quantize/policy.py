@@ -1,11 +1,10 @@
 """Which GGML type each tensor gets: the named mixes, the row-size fallback, `--tensor-type` overrides.
 
-The mixes start from ../shared/docs/quantization-study.md (measured on synthetic english weights with
-the reference): the flow head and the SEANet kernels want F16 in the high-quality mixes; attention
-`out_proj` is the most sensitive FlowLM matrix at 4 bits (Q8_0 for it costs +3 MB and lifts the
-centred latent cosine of a Q4 mix from 0.883 to 0.913); the text table tolerates Q4_K; the Mimi
-decoder transformer at Q8_0 costs little (56 dB); the SEANet decoder at Q8_0 costs ~31 dB, so it
-stays F16. The Mimi encoder (voice cloning only, 46 dB at Q8_0) is Q8_0 in every quantized mix.
+Why the mixes are as they are (the quantization study in the docs has the figures): the flow head and
+the SEANet kernels want F16 in the high-quality mixes; attention `out_proj` is the most sensitive
+FlowLM matrix at 4 bits, so the Q4 mix keeps it Q8_0 for a few MB; the text table tolerates Q4_K; the
+Mimi decoder transformer loses little at Q8_0, the SEANet decoder much more, so it stays F16. The Mimi
+encoder (voice cloning only) loses little at Q8_0 and is Q8_0 in every quantized mix.
 
 Fallback (ggml quantizes rows, along `ne[0]`): a K-quant needs rows that are a multiple of 256;
 otherwise Q8_0 if the row is a multiple of 32, else F16. Q8_0 falls back to F16 the same way.

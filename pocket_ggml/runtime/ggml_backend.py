@@ -432,9 +432,9 @@ class GraphRunner:
         self.backend = backend
         self.max_nodes = max_nodes
         self._kept: _BuiltGraph | None = None
-        # Every graph's context (tensor and node metadata, ~6 MB at 16384 nodes) lives in this one
-        # buffer, reused by each build: a fresh malloc per build comes, after glibc has raised its
-        # mmap threshold, from the heap, and a long stream's rebuilds grew the RSS by MBs.
+        # Every graph's context (tensor and node metadata, MBs at 16384 nodes) lives in this one
+        # buffer, reused by each build: a fresh malloc per build would come from the heap once glibc
+        # has raised its mmap threshold, and a long stream's rebuilds would grow the RSS.
         self._ctx_size = ggml.ggml_tensor_overhead() * max_nodes + ggml.ggml_graph_overhead_custom(max_nodes, False)
         self._ctx_memory: np.ndarray | None = None
         self._galloc = ggml.ggml_gallocr_new(ggml.ggml_backend_get_default_buffer_type(backend.handle))

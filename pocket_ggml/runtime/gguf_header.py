@@ -3,8 +3,8 @@
 gguf-py's `GGUFReader` trusts the counts it reads: an array count of 2^60 makes it loop (and append a
 numpy view per element) until the process dies, a string or dimension count past the end of the file
 yields short views that fail later with assorted exceptions, and nothing checks that tensor data lies
-in the file or that tensors do not overlap; it also takes ~90 ms to build a numpy view per field part
-of a pocket-tts file. `scan_gguf(path)` reads the header with every count, length and offset checked
+in the file or that tensors do not overlap; it also builds a numpy view per field part, which is slow
+for a pocket-tts file. `scan_gguf(path)` reads the header with every count, length and offset checked
 against the bytes that follow it and against fixed caps, decodes the metadata values, and raises
 `ModelFileError` at the first inconsistency. Nothing is allocated in proportion to a count the file
 claims, only to bytes it actually holds.

@@ -80,12 +80,12 @@ def kv_cache_specs(
     `.v`, stored transposed (kv_dim, capacity). F16 halves the memory but rounds K/V to F16."""
     kv_dim = shape.attention.kv_dim
     specs = {}
-    for l in range(shape.num_layers):
-        specs[f"{name}.{l}.k"] = ((capacity, kv_dim), ggml_type)
-        specs[f"{name}.{l}.v"] = ((kv_dim, capacity), ggml_type)
+    for layer in range(shape.num_layers):
+        specs[f"{name}.{layer}.k"] = ((capacity, kv_dim), ggml_type)
+        specs[f"{name}.{layer}.v"] = ((kv_dim, capacity), ggml_type)
     return specs
 
 
 def layer_caches(state: StateStore, name: str, shape: TransformerShape) -> list[LayerKV]:
     """The per-layer cache tensors declared by `kv_cache_specs`."""
-    return [LayerKV(state[f"{name}.{l}.k"], state[f"{name}.{l}.v"]) for l in range(shape.num_layers)]
+    return [LayerKV(state[f"{name}.{layer}.k"], state[f"{name}.{layer}.v"]) for layer in range(shape.num_layers)]

@@ -72,7 +72,7 @@ MAX_CONV_HISTORY = 1 << 16  # steps a dilated SEANet conv keeps
 MAX_TEMPERATURE = 100.0
 _MIMI_KV_ROWS = 16 * 12  # rows a Mimi cache holds beyond the context (stride x frames per call, generously)
 # Marks a ModelFileError that wraps an exception no check anticipated (the corpus tests look for it).
-UNEXPECTED = "unanticipated"
+UNANTICIPATED = "unanticipated"
 MAX_MESSAGE = 800  # characters of a ModelFileError message (one line, for the CLIs)
 
 _INT_TYPES = {
@@ -124,7 +124,7 @@ class ModelFile:
         except PocketError as e:
             raise ModelFileError(_one_line(f"{where}: {e}")) from None
         except Exception as e:  # a gap in the checks below: still a ModelFileError, but marked
-            msg = f"{where}: {UNEXPECTED} {type(e).__name__} while reading the model: {e}"
+            msg = f"{where}: {UNANTICIPATED} {type(e).__name__} while reading the model: {e}"
             raise ModelFileError(_one_line(msg)) from None
 
     def _open(self, where: str) -> None:

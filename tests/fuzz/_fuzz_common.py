@@ -13,10 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: _gguf_corpus
 
-from _gguf_corpus import layout, use  # noqa: E402
+from _gguf_corpus import layout, use
 
-from pocket_ggml.errors import ModelFileError, PocketError  # noqa: E402
-from pocket_ggml.runtime.model_file import UNEXPECTED, ModelFile  # noqa: E402
+from pocket_ggml.errors import ModelFileError, PocketError
+from pocket_ggml.runtime.model_file import UNANTICIPATED, ModelFile
 
 
 def structure(path: str) -> tuple[bytes, int, list[int]]:
@@ -38,7 +38,7 @@ def check_file(path: str) -> str:
         ModelFile(path)
     except ModelFileError as e:
         msg = str(e)
-        assert UNEXPECTED not in msg, f"ModelFileError from the catch-all: {msg}"
+        assert UNANTICIPATED not in msg, f"ModelFileError from the catch-all: {msg}"
         assert msg.isprintable() and msg.strip(), f"not a one-line message: {msg!r}"
         return "error"
     try:
