@@ -5,13 +5,12 @@ and V transposed, (kv_dim, capacity), so that both attention products are plain 
 slots as the contracted axis (ggml's CPU flash attention walks the keys one at a time: 5-10x slower
 at our sizes). New rows are written into slots with `ggml_set_rows` (V one element per slot and
 channel), and attention reads the cache through views of that write, so the write always runs
-first. Slots form a ring: slot = position % capacity. FlowLM's cache never wraps (its capacity
-covers the whole sequence); the Mimi transformers' caches wrap, so their memory is bounded by the
-context window, not the audio length.
+first. Which slots a call writes, and which ones each query sees, is the caller's `AttentionPlan`
+(the runtime's `KVCache` keeps the slots as a ring).
 
-Which slots a query may see is an F16 mask built in numpy from absolute positions (the
-reference's `_build_attention_mask`): key position p is visible from query position q iff
-0 <= q - p < context. The same positions give the RoPE angles.
+What a query may see is an F16 mask built in numpy from absolute positions (the reference's
+`_build_attention_mask`): key position p is visible from query position q iff 0 <= q - p < context.
+The same positions give the RoPE angles.
 """
 
 from __future__ import annotations
