@@ -30,8 +30,9 @@ from typing import NamedTuple, TypeVar
 import numpy as np
 
 from pocket_ggml.errors import AudioError, BusyError, ParameterError, VoiceStateError
+from pocket_ggml.format.config import DEFAULT_MIX
 from pocket_ggml.models import resolve_model
-from pocket_ggml.quantize.policy import DEFAULT_MIX, get_mix
+from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.runtime.markup import parse_markup, spoken_text
 from pocket_ggml.runtime.model import GenerationSettings, PocketRuntime
 from pocket_ggml.runtime.pipeline import Silence, speak_chunks, speak_text_stream, text_chunks

@@ -15,11 +15,11 @@ import socket
 from pathlib import Path
 
 from pocket_ggml.errors import CheckpointError, ModelNotAvailable, TokenizerError
-from pocket_ggml.format.config import DEFAULT_CONFIG, load_released_config, released_config_names
+from pocket_ggml.format.config import DEFAULT_CONFIG, DEFAULT_MIX, load_released_config, released_config_names
+from pocket_ggml.format.tokenizer import read_tokenizer, synthetic_tokenizer_record
 from pocket_ggml.quantize.checkpoint import SafetensorsCheckpoint
-from pocket_ggml.quantize.convert import check_tokenizer, convert, read_tokenizer
-from pocket_ggml.quantize.policy import DEFAULT_MIX, get_mix
-from pocket_ggml.quantize.synthetic import synthetic_tokenizer
+from pocket_ggml.quantize.convert import convert
+from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.voices.store import convert_with_voices, synthetic_voice_audio
 
 DEFAULT_VOICE = "synthetic"
@@ -42,7 +42,7 @@ def synthetic_model(mix: str = DEFAULT_MIX) -> Path:
     path = cache_dir() / f"synthetic-{DEFAULT_CONFIG}-{m.name.lower()}-{CACHE_VERSION}.gguf"
     if not path.exists():
         cfg = load_released_config(DEFAULT_CONFIG)
-        tok = check_tokenizer(synthetic_tokenizer(cfg.flow_lm.n_bins), "sentencepiece", cfg.flow_lm.n_bins)
+        tok = synthetic_tokenizer_record(cfg.flow_lm.n_bins)
         audio = synthetic_voice_audio(cfg.mimi.sample_rate)
         convert_with_voices(
             lambda out, states: convert(cfg, out, m, tok, synthetic_seed=0, voices=states),

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from pocket_ggml.format.config import load_released_config
-from pocket_ggml.quantize.convert import convert, read_tokenizer
+from pocket_ggml.format.tokenizer import read_tokenizer
+from pocket_ggml.quantize.convert import convert
 from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.runtime.flow_lm import TextAttention
 from pocket_ggml.runtime.model import PocketRuntime

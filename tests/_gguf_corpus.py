@@ -51,12 +51,12 @@ U64_MAX = (1 << 64) - 1
 def make_bases(folder: Path, names=tuple(BASES)) -> dict[str, str]:
     """The valid synthetic base files, written with the converter (as pocket-quantize does)."""
     from pocket_ggml.format.config import load_released_config
-    from pocket_ggml.quantize.convert import check_tokenizer, convert
+    from pocket_ggml.format.tokenizer import synthetic_tokenizer_record
+    from pocket_ggml.quantize.convert import convert
     from pocket_ggml.quantize.policy import get_mix
-    from pocket_ggml.quantize.synthetic import synthetic_tokenizer
 
     cfg = load_released_config(BASE_CONFIG)
-    tok = check_tokenizer(synthetic_tokenizer(cfg.flow_lm.n_bins), "sentencepiece", cfg.flow_lm.n_bins)
+    tok = synthetic_tokenizer_record(cfg.flow_lm.n_bins)
     out = {}
     for name in names:
         mix, encoder = BASES[name]
@@ -134,7 +134,7 @@ def layout(path: str) -> dict:
 # ------------------------------------------------------------------------------------------------
 def build_cases(layouts: dict[str, dict]) -> list[dict]:
     """Every case of the corpus, deterministically (fixed seeds), from the layouts of the bases."""
-    from pocket_ggml.quantize.gguf_format import Keys, _mimi_tr_key, _seanet_key
+    from pocket_ggml.format.gguf_keys import Keys, config_key
 
     out: list[dict] = []
 
@@ -313,10 +313,10 @@ def build_cases(layouts: dict[str, dict]) -> list[dict]:
     lm_h, lm_kv = Keys.LM_HEADS, Keys.LM_KV_HEADS
     for heads, kv_heads in ((6, 2), (12, 4), (48, 16)):  # head_dim 32 / 16 / 4: same tensor shapes
         add("meta-ok", "rewrite", {"kv_set": {lm_h: [heads, "UINT32", None], lm_kv: [kv_heads, "UINT32", None]}}, "ok")
-    dec_tr = lambda f: _mimi_tr_key("decoder", f)  # noqa: E731
-    enc_tr = lambda f: _mimi_tr_key("encoder", f)  # noqa: E731
-    dec_sn = lambda f: _seanet_key("decoder", f)  # noqa: E731
-    enc_sn = lambda f: _seanet_key("encoder", f)  # noqa: E731
+    dec_tr = lambda f: config_key(f"mimi.decoder_transformer.{f}")
+    enc_tr = lambda f: config_key(f"mimi.encoder_transformer.{f}")
+    dec_sn = lambda f: config_key(f"mimi.decoder_seanet.{f}")
+    enc_sn = lambda f: config_key(f"mimi.encoder_seanet.{f}")
     for key, value, vtype in (
         (dec_tr("num_heads"), 2, "UINT32"),
         (dec_tr("num_heads"), 64, "UINT32"),
@@ -500,12 +500,12 @@ def build_cases(layouts: dict[str, dict]) -> list[dict]:
     names_kv = lambda names: {
         Keys.VOICE_NAMES: [names, "ARRAY", "STRING"],
         Keys.VOICE_COUNT: [len(names), "UINT32", None],
-    }  # noqa: E731
+    }
     voice = lambda name, kind, shape=(8, 3, 64), t="F32": {
         "name": f"voice.{name}.{kind}",
         "type": t,
         "shape": list(shape),
-    }  # noqa: E731
+    }
     for args, expect in (
         ({"kv_set": names_kv(["alice"]), "tensor_add": [voice("alice", "k"), voice("alice", "v")]}, "ok"),
         (
@@ -607,8 +607,8 @@ def rewrite(src: str, dst: str, args: dict) -> None:
     name}}, tensor_add [{name, type, shape, data}]."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, quants
 
-    from pocket_ggml.quantize.gguf_format import ARCH, TOKENIZER_TENSOR
-    from pocket_ggml.quantize.synthetic import synthetic_tokenizer
+    from pocket_ggml.format.gguf_keys import ARCH, TOKENIZER_TENSOR
+    from pocket_ggml.format.tokenizer import synthetic_tokenizer
 
     r = GGUFReader(src)
     w = GGUFWriter(dst, arch=args.get("arch", ARCH))

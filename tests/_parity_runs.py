@@ -19,8 +19,8 @@ import numpy as np
 from _reference import require_reference, shared_path
 
 from pocket_ggml.format.config import load_released_config
+from pocket_ggml.format.tokenizer import read_tokenizer
 from pocket_ggml.quantize.convert import convert as convert_checkpoint
-from pocket_ggml.quantize.convert import read_tokenizer
 from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.quantize.synthetic import save_synthetic_safetensors
 

@@ -26,9 +26,9 @@ from _parity_runs import SEED, _root
 from _reference import shared_path
 
 from pocket_ggml.format.config import PocketConfig, load_released_config
+from pocket_ggml.format.tokenizer import read_tokenizer
 from pocket_ggml.quantize.checkpoint import SafetensorsCheckpoint
 from pocket_ggml.quantize.convert import convert as convert_checkpoint
-from pocket_ggml.quantize.convert import read_tokenizer
 from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.quantize.synthetic import save_synthetic_safetensors
 from pocket_ggml.runtime.timestamps import timestamp_heads

@@ -39,13 +39,13 @@ def _temporaries(folder: Path) -> list[Path]:
 def runs(tmp_path_factory):
     """A previous file (a different valid model), and one complete run: its bytes and timings."""
     from pocket_ggml.format.config import load_released_config
-    from pocket_ggml.quantize.convert import check_tokenizer, convert
+    from pocket_ggml.format.tokenizer import synthetic_tokenizer_record
+    from pocket_ggml.quantize.convert import convert
     from pocket_ggml.quantize.policy import get_mix
-    from pocket_ggml.quantize.synthetic import synthetic_tokenizer
 
     d = tmp_path_factory.mktemp("atomic")
     cfg = load_released_config(CONFIG)
-    tok = check_tokenizer(synthetic_tokenizer(cfg.flow_lm.n_bins), "sentencepiece", cfg.flow_lm.n_bins)
+    tok = synthetic_tokenizer_record(cfg.flow_lm.n_bins)
     previous = d / "previous.gguf"
     convert(cfg, previous, get_mix("Q8_0"), tok, synthetic_seed=1, keep_encoder=False)
 

@@ -14,10 +14,10 @@ import pytest
 from _parity_runs import synthetic_model
 from click.testing import CliRunner
 
-from pocket_ggml import ggml_presets
+from pocket_ggml import ggml_binding, ggml_presets
 from pocket_ggml.bench.report import markdown
 from pocket_ggml.cli.bench import main as bench_main
-from pocket_ggml.runtime import build_check, ggml_backend
+from pocket_ggml.runtime import build_check
 from pocket_ggml.runtime.model import PocketRuntime
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def slow_build(monkeypatch):
-    monkeypatch.setattr(ggml_backend, "has_llamafile", lambda: False)
+    monkeypatch.setattr(ggml_binding, "has_llamafile", lambda: False)
     monkeypatch.setattr(build_check, "_warned", type(build_check._warned)())  # a fresh "once"
 
 
@@ -37,7 +37,7 @@ def _reinstall_args(note: str) -> tuple[str, list[str]]:
 
 
 def test_the_real_build_is_the_fast_one():
-    assert ggml_backend.has_llamafile()
+    assert ggml_binding.has_llamafile()
     assert build_check.slow_build_note() is None
 
 

@@ -75,3 +75,25 @@ def test_inconsistent_heads_are_rejected():
     d["flow_lm"]["transformer"]["num_heads"] = 7
     with pytest.raises(ConfigError, match="heads"):
         PocketConfig.from_reference_dict("bad", d)
+
+
+def test_every_config_field_is_stored_under_one_gguf_key():
+    """The GGUF key table covers the config: a field without a key would not survive a file."""
+    import dataclasses
+    import typing
+
+    from pocket_ggml.format.gguf_keys import CONFIG_KEYS
+
+    def leaves(cls: type, prefix: str) -> list[str]:
+        hints = typing.get_type_hints(cls)
+        out = []
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                out += leaves(hints[f.name], f"{prefix}{f.name}.")
+            else:
+                out.append(f"{prefix}{f.name}")
+        return out
+
+    fields = [k.field for k in CONFIG_KEYS]
+    assert len(set(fields)) == len(fields) and len({str(k) for k in CONFIG_KEYS}) == len(CONFIG_KEYS)
+    assert set(fields) == set(leaves(PocketConfig, "")) - {"name"}

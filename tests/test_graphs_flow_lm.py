@@ -9,21 +9,16 @@ from _ggml_parity import REL_TOL, rel_err, weights_from_torch
 from _reference import reference_model, require_reference
 
 from pocket_ggml.format.config import load_released_config
-from pocket_ggml.ggml_graphs.attention import KVCache, attention_inputs
+from pocket_ggml.ggml_graphs.attention import attention_inputs
 from pocket_ggml.ggml_graphs.flow_lm import (
     flow_lm_step,
     flow_lm_text_embeddings,
     flow_lm_voice_conditioning,
     replace_nan_with_bos,
 )
-from pocket_ggml.ggml_graphs.transformer import (
-    TransformerShape,
-    kv_cache_specs,
-    layer_caches,
-    streaming_transformer,
-    transformer_layer,
-)
+from pocket_ggml.ggml_graphs.transformer import TransformerShape, streaming_transformer, transformer_layer
 from pocket_ggml.runtime.ggml_backend import CpuBackend, GraphRunner, StateStore
+from pocket_ggml.runtime.kv_cache import KVCache, kv_cache_specs, layer_caches
 
 CONFIGS = ["english", "english_2m_2026-10", "english_7m_2026-10"]
 CAPACITY = 48

@@ -8,14 +8,10 @@ from _ggml_parity import REL_TOL, rel_err, weights_from_torch
 from _reference import reference_model, require_reference
 
 from pocket_ggml.format.config import load_released_config
-from pocket_ggml.ggml_graphs.attention import KVCache, attention_inputs, stateless_plan
-from pocket_ggml.ggml_graphs.transformer import (
-    TransformerShape,
-    kv_cache_specs,
-    layer_caches,
-    projected_transformer,
-)
+from pocket_ggml.ggml_graphs.attention import attention_inputs, stateless_plan
+from pocket_ggml.ggml_graphs.transformer import TransformerShape, projected_transformer
 from pocket_ggml.runtime.ggml_backend import CpuBackend, GraphRunner, StateStore
+from pocket_ggml.runtime.kv_cache import KVCache, kv_cache_specs, layer_caches
 
 CASES = [  # (config, latent frames per decoder call, in order)
     ("english", [1] * 20),  # 320 steps, context 250

@@ -13,6 +13,7 @@ from _reference import reference_model, require_reference
 
 from pocket_ggml.format.config import load_released_config
 from pocket_ggml.format.names import from_released, to_stored_layout
+from pocket_ggml.ggml_binding import quantize_rows
 from pocket_ggml.ggml_graphs.seanet import (
     elu,
     seanet_decoder,
@@ -21,7 +22,7 @@ from pocket_ggml.ggml_graphs.seanet import (
     seanet_encoder_plan,
     seanet_state_shapes,
 )
-from pocket_ggml.runtime.ggml_backend import CpuBackend, GraphRunner, RawTensor, StateStore, WeightStore, quantize_rows
+from pocket_ggml.runtime.ggml_backend import CpuBackend, GraphRunner, RawTensor, StateStore, WeightStore
 
 CONFIGS = ["english", "english_2m_2026-10"]  # 512-d / 64 filters / k7 and 128-d / 24 filters / k3
 N_FRAMES = 6

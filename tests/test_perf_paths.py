@@ -10,9 +10,7 @@ from _parity_runs import synthetic_model
 from gguf import GGMLQuantizationType
 
 from pocket_ggml.format.config import load_released_config
-from pocket_ggml.ggml_graphs.seanet import seanet_decoder, seanet_decoder_plan, seanet_state_shapes
-from pocket_ggml.runtime.flow_lm import FlowLM
-from pocket_ggml.runtime.ggml_backend import (
+from pocket_ggml.ggml_binding import (
     GGML_TYPE_F16,
     GGML_TYPE_F32,
     GGML_TYPE_Q4_0,
@@ -20,15 +18,13 @@ from pocket_ggml.runtime.ggml_backend import (
     GGML_TYPE_Q5_K,
     GGML_TYPE_Q6_K,
     GGML_TYPE_Q8_0,
-    CpuBackend,
-    GraphRunner,
-    RawTensor,
-    StateStore,
-    WeightStore,
     overlapping_view_2d,
     quantize_rows,
     repackable,
 )
+from pocket_ggml.ggml_graphs.seanet import seanet_decoder, seanet_decoder_plan, seanet_state_shapes
+from pocket_ggml.runtime.flow_lm import FlowLM
+from pocket_ggml.runtime.ggml_backend import CpuBackend, GraphRunner, RawTensor, StateStore, WeightStore
 from pocket_ggml.runtime.mimi import MimiDecoder, prepare_decoder_weights
 from pocket_ggml.runtime.model import prepare_weights
 from pocket_ggml.runtime.model_file import ModelFile
@@ -141,10 +137,10 @@ def test_repack_takes_only_types_with_kernels(backend):
 def test_repackable_follows_ggmls_kernel_choice(monkeypatch, cpu, q4_k, rows4, arm_types):
     """`repackable` mirrors ggml_repack_get_optimal_repack_type for each CPU class (scripts/check-aarch64.sh
     runs the real NEON-only and i8mm builds under qemu)."""
-    from pocket_ggml.runtime import ggml_backend
+    from pocket_ggml import ggml_binding
 
     for feature in ("avx2", "neon", "dotprod", "matmul_int8"):
-        monkeypatch.setattr(ggml_backend.ggml, f"ggml_cpu_has_{feature}", lambda v=cpu.get(feature, 0): v)
+        monkeypatch.setattr(ggml_binding.ggml, f"ggml_cpu_has_{feature}", lambda v=cpu.get(feature, 0): v)
     assert repackable(GGML_TYPE_Q4_K, (64, 256)) is q4_k
     assert repackable(GGML_TYPE_Q4_0, (12, 256)) is rows4
     assert repackable(GGML_TYPE_Q8_0, (12, 256)) is rows4
@@ -229,9 +225,9 @@ def test_cloning_leaves_no_encoder_behind():
 def test_malloc_threshold_is_left_to_a_user_who_set_it(monkeypatch):
     import platform
 
-    from pocket_ggml.runtime import ggml_backend
+    from pocket_ggml import ggml_binding
 
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
-    assert not ggml_backend._fix_mmap_threshold()
+    assert not ggml_binding._fix_mmap_threshold()
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
-    assert ggml_backend._fix_mmap_threshold() == (platform.libc_ver()[0] == "glibc")
+    assert ggml_binding._fix_mmap_threshold() == (platform.libc_ver()[0] == "glibc")

@@ -19,10 +19,11 @@ from pocket_ggml.cli.quantize import main as quantize_cli
 from pocket_ggml.errors import ModelFileError
 from pocket_ggml.format.config import load_released_config
 from pocket_ggml.format.names import expected_tensors, from_released
+from pocket_ggml.format.tokenizer import read_tokenizer, synthetic_tokenizer, synthetic_tokenizer_record
 from pocket_ggml.quantize import convert as convert_module
-from pocket_ggml.quantize.convert import check_tokenizer, convert, read_tokenizer
+from pocket_ggml.quantize.convert import convert
 from pocket_ggml.quantize.policy import get_mix
-from pocket_ggml.quantize.synthetic import synthetic_tensors, synthetic_tokenizer
+from pocket_ggml.quantize.synthetic import synthetic_tensors
 from pocket_ggml.runtime.model_file import ModelFile
 
 # Relative RMS error of dequantize(quantize(W)) on synthetic (uniform / normal) weights; ggml's own
@@ -138,7 +139,7 @@ def test_gguf_dump_reads_the_file(synth_dir, tokenizer_path):
 
 def test_synthetic_weights_are_deterministic(synth_dir):
     cfg = load_released_config("english_2m_2026-10")
-    tok = check_tokenizer(synthetic_tokenizer(4000), "sentencepiece", 4000)
+    tok = synthetic_tokenizer_record(4000)
     digests = []
     for i, seed in enumerate((5, 5, 6)):
         out = synth_dir / f"det{i}.gguf"

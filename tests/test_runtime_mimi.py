@@ -16,7 +16,8 @@ from _parity_runs import SEED, Dump, reference_run, synthetic_model
 
 from pocket_ggml.errors import AudioError, LatentError, VoiceCloningUnavailable
 from pocket_ggml.format.config import load_released_config
-from pocket_ggml.quantize.convert import convert, read_tokenizer
+from pocket_ggml.format.tokenizer import read_tokenizer
+from pocket_ggml.quantize.convert import convert
 from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.runtime.ggml_backend import CpuBackend, WeightStore
 from pocket_ggml.runtime.mimi import ENCODER_CHUNK_FRAMES, MimiDecoder, MimiEncoder, MimiHidden

@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from pocket_ggml.errors import BenchSetupError, PocketError
-from pocket_ggml.format.config import PocketConfig
+from pocket_ggml.format.config import DEFAULT_MIX, PocketConfig
 from pocket_ggml.models import CACHE_VERSION, cache_dir, resolve_model, synthetic_model
-from pocket_ggml.quantize.policy import DEFAULT_MIX
 from pocket_ggml.voices.store import synthetic_voice_audio
 
 SPEECH_WORDS_PER_SECOND = 2.6  # a typical read-speech rate: sizes the default text to the frames

@@ -40,7 +40,8 @@ import numpy as np
 
 from pocket_ggml.bench.hardware import ggml_features
 from pocket_ggml.format.config import load_released_config
-from pocket_ggml.quantize.convert import convert, read_tokenizer
+from pocket_ggml.format.tokenizer import read_tokenizer
+from pocket_ggml.quantize.convert import convert
 from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.voices.state import save_voice_state
 

@@ -137,7 +137,7 @@ def repack_line() -> str:
     """Which FlowLM matrix types this build repacks (ggml's CPU_REPACK: Q4_0/Q4_K with AVX2; with ARM
     dotprod/i8mm also Q8_0, Q5_K and Q6_K)."""
     from pocket_ggml.format.ggml_types import GGMLType
-    from pocket_ggml.runtime.ggml_backend import repackable
+    from pocket_ggml.ggml_binding import repackable
 
     types = [
         t.name

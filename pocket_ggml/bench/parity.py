@@ -43,8 +43,8 @@ import numpy as np
 
 import pocket_ggml
 from pocket_ggml.errors import ParityError, PocketError
-from pocket_ggml.format.config import DEFAULT_CONFIG, load_released_config
-from pocket_ggml.quantize.policy import DEFAULT_MIX, MIXES, get_mix
+from pocket_ggml.format.config import DEFAULT_CONFIG, DEFAULT_MIX, load_released_config
+from pocket_ggml.quantize.policy import MIXES, get_mix
 
 if TYPE_CHECKING:
     from pocket_ggml.runtime.model import PocketRuntime
@@ -144,7 +144,8 @@ def _require_file(path: Path | None, what: str, option: str) -> Path:
 
 def ensure_models(workdir: Workdir, config: str, mixes: tuple[str, ...], tokenizer: Path) -> dict[str, Path]:
     """The synthetic checkpoint (key "safetensors") and a GGUF per mix, made unless already there."""
-    from pocket_ggml.quantize.convert import convert, read_tokenizer
+    from pocket_ggml.format.tokenizer import read_tokenizer
+    from pocket_ggml.quantize.convert import convert
     from pocket_ggml.quantize.synthetic import save_synthetic_safetensors
 
     cfg = load_released_config(config)

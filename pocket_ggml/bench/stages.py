@@ -27,16 +27,14 @@ from dataclasses import dataclass
 import ggml
 import numpy as np
 
-from pocket_ggml.ggml_graphs.attention import KVCache, attention_arrays, attention_inputs
+from pocket_ggml.ggml_binding import Tensor
+from pocket_ggml.ggml_graphs.attention import attention_arrays, attention_inputs
 from pocket_ggml.ggml_graphs.flow_lm import flow_head_sample, flow_lm_backbone, flow_lm_eos_logit, flow_lm_input
+from pocket_ggml.ggml_graphs.graph import Graph
 from pocket_ggml.ggml_graphs.seanet import seanet_decoder, seanet_decoder_plan, seanet_state_shapes
-from pocket_ggml.ggml_graphs.transformer import (
-    TransformerShape,
-    kv_cache_specs,
-    layer_caches,
-    projected_transformer,
-)
-from pocket_ggml.runtime.ggml_backend import CpuBackend, Graph, GraphRunner, StateStore, Tensor, WeightStore
+from pocket_ggml.ggml_graphs.transformer import TransformerShape, projected_transformer
+from pocket_ggml.runtime.ggml_backend import CpuBackend, GraphRunner, StateStore, WeightStore
+from pocket_ggml.runtime.kv_cache import KVCache, kv_cache_specs, layer_caches
 from pocket_ggml.runtime.model import PocketRuntime
 
 STAGE_METHOD = (

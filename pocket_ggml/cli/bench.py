@@ -23,7 +23,7 @@ from pocket_ggml.bench.benchmark import (
 )
 from pocket_ggml.cli.common import CONTEXT_SETTINGS, exit_on_pocket_error
 from pocket_ggml.errors import PlotUnavailable, PocketError
-from pocket_ggml.quantize.policy import DEFAULT_MIX
+from pocket_ggml.format.config import DEFAULT_MIX
 
 _ERROR = "pocket-bench: error: "
 

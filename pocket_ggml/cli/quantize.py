@@ -12,17 +12,19 @@ from pocket_ggml.cli.common import CONTEXT_SETTINGS, exit_on_pocket_error
 from pocket_ggml.errors import CheckpointError, ConfigError
 from pocket_ggml.format.config import (
     DEFAULT_CONFIG,
+    DEFAULT_MIX,
     PocketConfig,
     load_config_yaml,
     load_released_config,
     released_config_names,
 )
 from pocket_ggml.format.names import expected_tensors
+from pocket_ggml.format.tokenizer import TokenizerRecord, read_tokenizer, synthetic_tokenizer_record
 from pocket_ggml.quantize.checkpoint import SafetensorsCheckpoint
-from pocket_ggml.quantize.convert import Tokenizer, check_tokenizer, convert, read_tokenizer
-from pocket_ggml.quantize.policy import DEFAULT_MIX, MIXES, get_mix, parse_overrides
+from pocket_ggml.quantize.convert import convert
+from pocket_ggml.quantize.policy import MIXES, get_mix, parse_overrides
 from pocket_ggml.quantize.summary import conversion_summary
-from pocket_ggml.quantize.synthetic import save_synthetic_safetensors, synthetic_tokenizer
+from pocket_ggml.quantize.synthetic import save_synthetic_safetensors
 
 
 @dataclass(frozen=True)
@@ -65,16 +67,16 @@ def _resolve_config(options: QuantizeOptions, ckpt: SafetensorsCheckpoint | None
     return load_released_config(config or DEFAULT_CONFIG)
 
 
-def _resolve_tokenizer(options: QuantizeOptions, cfg: PocketConfig) -> Tokenizer:
+def _resolve_tokenizer(options: QuantizeOptions, cfg: PocketConfig) -> TokenizerRecord:
     if options.tokenizer:
         return read_tokenizer(options.tokenizer, cfg.flow_lm.n_bins)
     if options.synthetic is not None:
-        return check_tokenizer(synthetic_tokenizer(cfg.flow_lm.n_bins), "sentencepiece", cfg.flow_lm.n_bins)
+        return synthetic_tokenizer_record(cfg.flow_lm.n_bins)
     raise click.UsageError("--tokenizer is required with a checkpoint")
 
 
 def _parse_voices(specs: tuple[str, ...]) -> dict[str, str]:
-    from pocket_ggml.quantize.gguf_format import VOICE_NAME_RX
+    from pocket_ggml.format.gguf_keys import VOICE_NAME_RX
 
     out = {}
     for spec in specs:

@@ -15,7 +15,8 @@ from typing import Any
 from pocket_ggml.errors import ConfigError
 from pocket_ggml.format.released_configs import RELEASED_CONFIGS
 
-DEFAULT_CONFIG = "english"
+DEFAULT_CONFIG = "english"  # the released config a model is made from unless told otherwise
+DEFAULT_MIX = "Q4_K_M"  # the quantization mix (quantize.policy.MIXES) unless told otherwise
 FLOW_TYPES = ("lsd", "flow_matching", "drifting", "pointwise")
 # Number of timestep embedders of each flow head type (SimpleMLPAdaLN.num_time_conds).
 FLOW_TIME_CONDS = {"lsd": 2, "flow_matching": 1, "drifting": 0, "pointwise": 0}

@@ -2,13 +2,16 @@
 
 The same names, numbers and block sizes as gguf-py's `GGMLQuantizationType`, `GGML_QUANT_SIZES`,
 `GGUFValueType` and `LlamaFileType` (tests/test_ggml_types.py checks that they agree). They are
-defined here so that loading a model and speaking never import gguf-py: it costs ~35 ms and ~5 MB
-of a run's start (against a 0.3 s and 120 MB budget), and only writing a GGUF needs it.
+defined here so that loading a model and speaking never import gguf-py: importing it is a noticeable
+share of a run's start time and memory, and only writing a GGUF needs it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum
+
+import numpy as np
 
 
 class GGMLType(IntEnum):
@@ -88,6 +91,38 @@ QUANT_SIZES: dict[GGMLType, tuple[int, int]] = {
     T.NVFP4: (64, 36),
     T.Q1_0: (128, 18),
 }
+
+
+# the types whose values numpy holds as they are (a block type is read as raw bytes)
+NUMPY_TYPES: dict[GGMLType, np.dtype] = {
+    T.F32: np.dtype(np.float32),
+    T.F16: np.dtype(np.float16),
+    T.I8: np.dtype(np.int8),
+    T.I32: np.dtype(np.int32),
+    T.I64: np.dtype(np.int64),
+}
+
+# the types a weight of a pocket-tts GGUF may have, by the names `--tensor-type` accepts
+TENSOR_TYPES: dict[str, GGMLType] = {
+    "F32": T.F32,
+    "F16": T.F16,
+    "Q8_0": T.Q8_0,
+    "Q4_K": T.Q4_K,
+    "Q5_K": T.Q5_K,
+    "Q6_K": T.Q6_K,
+}
+
+
+def tensor_nbytes(ggml_type: int, shape: Sequence[int]) -> int:
+    """Bytes of a contiguous tensor of numpy-order `shape`; rows must be whole blocks of the type."""
+    block, type_size = QUANT_SIZES[GGMLType(ggml_type)]
+    row = int(shape[-1]) if len(shape) else 1
+    if row % block:
+        raise ValueError(f"row length {row} is not a multiple of the block size {block}")
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n // block * type_size
 
 
 class GGUFValueType(IntEnum):

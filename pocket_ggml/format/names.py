@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pocket_ggml.format.config import PocketConfig, SEANetConfig
+from pocket_ggml.format.config import PocketConfig
+from pocket_ggml.format.seanet import SeanetLayer, seanet_convs, seanet_decoder_plan, seanet_encoder_plan
 
 GGUF_MAX_NAME = 63
 
@@ -217,7 +218,7 @@ def _shape_key(segments: _Segments) -> _Segments:
 def _index(attr: str) -> dict[_Segments, list[tuple[_Segments, NameRule]]]:
     """The table's templates on side `attr` ("released" or "gguf") by shape key. Every placeholder
     ({l}, {k}, ...) is a whole dot-separated segment that matches a decimal number; a lookup is a dict
-    probe and a segment-wise check, not a scan of ~80 regexes (compiling those cost each load ~30 ms)."""
+    probe and a segment-wise check, not a scan of ~80 regexes (compiling those would slow every load)."""
     index: dict[_Segments, list[tuple[_Segments, NameRule]]] = {}
     for rule in TENSOR_NAME_TABLE:
         template = tuple(getattr(rule, attr).split("."))
@@ -293,69 +294,11 @@ def to_released_layout(array: np.ndarray, layout: Layout, released_shape: tuple[
 TIMESTEP_FREQ_DIM = 256  # TimestepEmbedder.frequency_embedding_size
 
 
-def _seanet_encoder(prefix: str, s: SEANetConfig) -> list[tuple[str, tuple[int, ...]]]:
+def _seanet(plan: tuple[SeanetLayer, ...]) -> list[tuple[str, tuple[int, ...]]]:
     out: list[tuple[str, tuple[int, ...]]] = []
-    idx = 0
-
-    def conv(cin: int, cout: int, k: int) -> None:
-        out.extend([(f"{prefix}.{idx}.conv.weight", (cout, cin, k)), (f"{prefix}.{idx}.conv.bias", (cout,))])
-
-    def resblock(dim: int) -> None:
-        hidden = dim // s.compress
-        for j, (cin, cout, k) in enumerate(((dim, hidden, s.residual_kernel_size), (hidden, dim, 1))):
-            out.extend(
-                [
-                    (f"{prefix}.{idx}.block.{2 * j + 1}.conv.weight", (cout, cin, k)),
-                    (f"{prefix}.{idx}.block.{2 * j + 1}.conv.bias", (cout,)),
-                ]
-            )
-
-    conv(s.channels, s.n_filters, s.kernel_size)
-    idx += 1
-    mult = 1
-    for ratio in reversed(s.ratios):
-        for _ in range(s.n_residual_layers):
-            resblock(mult * s.n_filters)
-            idx += 1
-        idx += 1  # ELU
-        conv(mult * s.n_filters, mult * s.n_filters * 2, 2 * ratio)
-        idx += 1
-        mult *= 2
-    idx += 1  # ELU
-    conv(mult * s.n_filters, s.dimension, s.last_kernel_size)
-    return out
-
-
-def _seanet_decoder(prefix: str, s: SEANetConfig) -> list[tuple[str, tuple[int, ...]]]:
-    out: list[tuple[str, tuple[int, ...]]] = []
-    idx = 0
-    mult = 2 ** len(s.ratios)
-
-    def conv(cin: int, cout: int, k: int) -> None:
-        out.extend([(f"{prefix}.{idx}.conv.weight", (cout, cin, k)), (f"{prefix}.{idx}.conv.bias", (cout,))])
-
-    conv(s.dimension, mult * s.n_filters, s.kernel_size)
-    idx += 1
-    for ratio in s.ratios:
-        idx += 1  # ELU
-        cin, cout = mult * s.n_filters, mult * s.n_filters // 2
-        out.extend(
-            [(f"{prefix}.{idx}.convtr.weight", (cin, cout, 2 * ratio)), (f"{prefix}.{idx}.convtr.bias", (cout,))]
-        )
-        idx += 1
-        for _ in range(s.n_residual_layers):
-            hidden = cout // s.compress
-            for j, (ci, co, k) in enumerate(((cout, hidden, s.residual_kernel_size), (hidden, cout, 1))):
-                out.extend(
-                    [
-                        (f"{prefix}.{idx}.block.{2 * j + 1}.conv.weight", (co, ci, k)),
-                        (f"{prefix}.{idx}.block.{2 * j + 1}.conv.bias", (co,)),
-                    ]
-                )
-            idx += 1
-        mult //= 2
-    idx += 1  # ELU
-    conv(s.n_filters, s.channels, s.last_kernel_size)
+    for conv in seanet_convs(plan):
+        kernel, bias = conv.weight_names
+        out += [(kernel, conv.released_kernel_shape), (bias, (conv.c_out,))]
     return out
 
 
@@ -451,8 +394,8 @@ def expected_tensors(cfg: PocketConfig, with_encoder: bool = True) -> dict[str, 
     t += [("flow_lm.out_eos.weight", (1, f.cond_dim)), ("flow_lm.out_eos.bias", (1,))]
 
     if with_encoder:
-        t += _seanet_encoder("mimi.encoder.model", m.encoder_seanet)
-    t += _seanet_decoder("mimi.decoder.model", m.decoder_seanet)
+        t += _seanet(seanet_encoder_plan(m.encoder_seanet))
+    t += _seanet(seanet_decoder_plan(m.decoder_seanet))
     if with_encoder:
         t += _mimi_transformer("mimi.encoder_transformer", m.encoder_transformer)
     t += _mimi_transformer("mimi.decoder_transformer", m.decoder_transformer)

@@ -1,17 +1,16 @@
 """StreamingMultiheadAttention (pocket_tts/modules/attention.py) and RoPE (modules/rope.py).
 
-The K/V cache of a layer is two persistent ggml tensors in a `StateStore`: K (capacity, kv_dim)
+The K/V cache of a layer is two persistent ggml tensors (the runtime's state): K (capacity, kv_dim)
 and V transposed, (kv_dim, capacity), so that both attention products are plain matmuls with the
 slots as the contracted axis (ggml's CPU flash attention walks the keys one at a time: 5-10x slower
 at our sizes). New rows are written into slots with `ggml_set_rows` (V one element per slot and
 channel), and attention reads the cache through views of that write, so the write always runs
-first. Slots form a ring: slot = position % capacity. FlowLM's cache never wraps (its capacity
-covers the whole sequence); the Mimi transformers' caches wrap, so their memory is bounded by the
-context window, not the audio length.
+first. Which slots a call writes, and which ones each query sees, is the caller's `AttentionPlan`
+(the runtime's `KVCache` keeps the slots as a ring).
 
-Which slots a query may see is an F16 mask built in numpy from absolute positions (the
-reference's `_build_attention_mask`): key position p is visible from query position q iff
-0 <= q - p < context. The same positions give the RoPE angles.
+What a query may see is an F16 mask built in numpy from absolute positions (the reference's
+`_build_attention_mask`): key position p is visible from query position q iff 0 <= q - p < context.
+The same positions give the RoPE angles.
 """
 
 from __future__ import annotations
@@ -19,18 +18,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import ggml
 import numpy as np
 
+from pocket_ggml.ggml_binding import Tensor, ggml, tensor_nb, tensor_ne
+from pocket_ggml.ggml_graphs.graph import Graph
 from pocket_ggml.ggml_graphs.nn import Weights, expect_shape, weight
-from pocket_ggml.runtime.ggml_backend import Graph, Tensor, tensor_nb, tensor_ne
 
 GGML_ROPE_TYPE_NORMAL = 0  # rotates adjacent pairs (x[2i], x[2i+1]): the reference's layout
 
 
 @dataclass(frozen=True)
 class AttentionShape:
-    """Sizes of one StreamingMultiheadAttention (its context window lives in the `KVCache` plan)."""
+    """Sizes of one StreamingMultiheadAttention (its context window lives in the `AttentionPlan`'s mask)."""
 
     d_model: int
     num_heads: int
@@ -96,7 +95,8 @@ class LayerKV:
     v: Tensor
 
 
-def _mask(q_pos: np.ndarray, k_pos: np.ndarray, context: int | None) -> np.ndarray:
+def attention_mask(q_pos: np.ndarray, k_pos: np.ndarray, context: int | None) -> np.ndarray:
+    """The F16 mask of queries at `q_pos` over keys at `k_pos` (negative: never written)."""
     delta = q_pos[:, None] - k_pos[None, :]
     ok = (k_pos[None, :] >= 0) & (delta >= 0)
     if context is not None:
@@ -110,64 +110,7 @@ def stateless_plan(n_rows: int, context: int | None, offset: int = 0) -> Attenti
     if n_rows < 1:
         raise ValueError("attention needs at least one row")
     pos = np.arange(offset, offset + n_rows, dtype=np.int32)
-    return AttentionPlan(pos, None, _mask(pos, pos, context))
-
-
-RING_ALIGN = 32
-
-
-class KVCache:
-    """Slot bookkeeping of a transformer's K/V caches (all layers move together).
-
-    `offset` is the absolute position of the next row (the reference's `offset` state and RoPE
-    offset). Call `plan(n)` to build a graph, then `advance(n)` once it has been computed.
-    """
-
-    def __init__(self, capacity: int, context: int | None = None) -> None:
-        if capacity < 1 or (context is not None and context < 1):
-            raise ValueError(f"bad cache capacity {capacity} / context {context}")
-        self.capacity = capacity
-        self.context = context
-        self.offset = 0
-
-    @staticmethod
-    def ring_capacity(context: int, max_rows: int) -> int:
-        """A ring that holds a full window for every query of a call of `max_rows` rows: at least
-        context + max_rows - 1 slots, rounded up to a multiple of RING_ALIGN. Attention reads the whole
-        ring, and LLAMAFILE's sgemm takes the V x probabilities product only when the key count is a
-        multiple of its vector width (16 floats with AVX-512): 265 slots sent the Mimi decoder's
-        attention to ggml's scalar-loop dot products, 13% of its transformer's time."""
-        return -(-(context + max_rows - 1) // RING_ALIGN) * RING_ALIGN
-
-    def max_rows(self) -> int:
-        """Most rows one call may add without overwriting keys that call still needs."""
-        if self.context is None:
-            return self.capacity - self.offset
-        return self.capacity - min(self.offset, self.context - 1)
-
-    def plan(self, n_rows: int, min_keys: int = 0) -> AttentionPlan:
-        """Where `n_rows` new rows go and what they see. Attention reads the first
-        max(offset + n_rows, min_keys) slots (at most all): slots not written yet are masked, so a
-        graph can keep its shape while the cache fills (they must hold finite values, e.g. zeros)."""
-        if not 1 <= n_rows <= self.max_rows():
-            raise ValueError(
-                f"{n_rows} new rows do not fit a KV cache of {self.capacity} slots at offset "
-                f"{self.offset} (context {self.context}); at most {self.max_rows()} fit"
-            )
-        end = self.offset + n_rows
-        pos = np.arange(self.offset, end, dtype=np.int32)
-        n_keys = min(self.capacity, max(end, min_keys))
-        slots = np.arange(n_keys, dtype=np.int64)
-        # The latest position written to each slot once this call's rows are in.
-        slot_pos = slots + self.capacity * ((end - 1 - slots) // self.capacity)
-        slots_written = (pos % self.capacity).astype(np.int32)
-        return AttentionPlan(pos, slots_written, _mask(pos, slot_pos, self.context))
-
-    def advance(self, n_rows: int) -> None:
-        self.offset += n_rows
-
-    def reset(self) -> None:
-        self.offset = 0
+    return AttentionPlan(pos, None, attention_mask(pos, pos, context))
 
 
 def attention_arrays(plan: AttentionPlan, name: str) -> dict[str, np.ndarray]:
@@ -224,7 +167,7 @@ def streaming_attention(
     w_in = weight(w, f"{prefix}.in_proj.weight", (attn_dim + 2 * kv_dim, s.d_model))
     w_out = weight(w, f"{prefix}.out_proj.weight", (s.d_model, attn_dim))
     if (cache is None) != (inputs.slots is None):
-        raise ValueError(f"{prefix}: a cache needs a KVCache plan, and a stateless plan no cache")
+        raise ValueError(f"{prefix}: a cache needs a plan with slots, and a stateless plan no cache")
 
     qkv = ggml.ggml_mul_mat(ctx, w_in, x)  # (T, q | k | v)
     el, row = tensor_nb(qkv)[:2]

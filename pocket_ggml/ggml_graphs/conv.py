@@ -21,18 +21,19 @@ col2im and no transpose. Same sums, in the same order.
 
 from __future__ import annotations
 
-import ggml
 import numpy as np
 
-from pocket_ggml.runtime.ggml_backend import (
+from pocket_ggml.format.seanet import conv1d_history
+from pocket_ggml.ggml_binding import (
     GGML_TYPE_F32,
-    Graph,
     Tensor,
+    ggml,
     ggml_type_of,
     overlapping_view_2d,
     tensor_nb,
     tensor_ne,
 )
+from pocket_ggml.ggml_graphs.graph import Graph
 
 
 def check_activation(x: Tensor, channels: int, what: str) -> int:
@@ -61,10 +62,10 @@ def check_bias(t: Tensor | None, channels: int, what: str) -> None:
         raise ValueError(f"{what}: bias must be F32 of ne [{channels}], got {list(tensor_ne(t))}")
 
 
-def rows(g: Graph, x: Tensor, first: int, count: int) -> Tensor:
+def time_slice(g: Graph, x: Tensor, first: int, count: int) -> Tensor:
     """Steps [first, first + count) of a contiguous [C, T] activation (a contiguous view)."""
     if not ggml.ggml_is_contiguous(x):
-        raise ValueError("rows: the activation must be contiguous")
+        raise ValueError("time_slice: the activation must be contiguous")
     nb1 = tensor_nb(x)[1]
     return ggml.ggml_view_2d(g.ctx, x, tensor_ne(x)[0], count, nb1, first * nb1)
 
@@ -112,9 +113,9 @@ def channel_fast_kernel(kernel: np.ndarray, kernel_size: int) -> np.ndarray:
 def channel_fast_kernel_tr(kernel: np.ndarray, kernel_size: int) -> np.ndarray:
     """A stored ConvTranspose1d kernel (C_out*K, C_in) with rows (k, c_out) instead of (c_out, k);
     works on raw bytes of any type (rows are whole blocks)."""
-    rows_, row = kernel.shape
-    return np.ascontiguousarray(kernel.reshape(rows_ // kernel_size, kernel_size, row).transpose(1, 0, 2)).reshape(
-        rows_, row
+    n_rows, row = kernel.shape
+    return np.ascontiguousarray(kernel.reshape(n_rows // kernel_size, kernel_size, row).transpose(1, 0, 2)).reshape(
+        n_rows, row
     )
 
 
@@ -131,11 +132,6 @@ def conv1d_channel_fast(g: Graph, xp: Tensor, weight: Tensor, *, kernel_size: in
         # LLAMAFILE's sgemm needs a contiguous F32 operand; other kernel types convert it row by row.
         cols = ggml.ggml_cont(ctx, cols)
     return ggml.ggml_mul_mat(ctx, weight, cols)
-
-
-def conv1d_history(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
-    """Input steps a streaming conv keeps between calls (the reference's `previous`)."""
-    return (kernel_size - 1) * dilation + 1 - stride
 
 
 def check_conv1d(
@@ -188,7 +184,7 @@ def streaming_conv1d(
         else:
             check_state(previous, c_in, history, "conv1d previous")
             xp = stacked(g, previous, x)
-            g.expand(ggml.ggml_cpy(ctx, rows(g, xp, t, history), previous))
+            g.expand(ggml.ggml_cpy(ctx, time_slice(g, xp, t, history), previous))
         if channel_fast:
             y = conv1d_channel_fast(g, xp, weight, kernel_size=kernel_size, stride=stride)
         else:
@@ -209,8 +205,8 @@ def overlap_add(g: Graph, y_time_fast: Tensor, steps: int, partial: Tensor) -> T
     check_state(partial, c, tail, "conv_transpose1d partial")
     y = ggml.ggml_cont(ctx, ggml.ggml_transpose(ctx, y_time_fast))
     y = ggml.ggml_acc_inplace(ctx, y, partial, *tensor_nb(y)[1:], 0)
-    g.expand(ggml.ggml_cpy(ctx, rows(g, y, steps, tail), partial))
-    return rows(g, y, 0, steps)
+    g.expand(ggml.ggml_cpy(ctx, time_slice(g, y, steps, tail), partial))
+    return time_slice(g, y, 0, steps)
 
 
 def streaming_conv_transpose1d(

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import ggml
 import numpy as np
 
 from pocket_ggml.format.config import FlowLMConfig
+from pocket_ggml.ggml_binding import GGML_TYPE_I32, Tensor, ggml, ggml_type_of, tensor_nb, tensor_ne
 from pocket_ggml.ggml_graphs.attention import AttentionInputs, LayerKV, ScoreTap
+from pocket_ggml.ggml_graphs.graph import Graph
 from pocket_ggml.ggml_graphs.mlp import simple_mlp_adaln
-from pocket_ggml.ggml_graphs.nn import Weights, expect_shape, layer_norm, linear, rows, weight, width
+from pocket_ggml.ggml_graphs.nn import Weights, expect_shape, layer_norm, linear, row_count, weight, width
 from pocket_ggml.ggml_graphs.transformer import NORM_EPS, TransformerShape, streaming_transformer
-from pocket_ggml.runtime.ggml_backend import GGML_TYPE_I32, Graph, Tensor, ggml_type_of, tensor_nb, tensor_ne
 
 PREFIX = "flow_lm"
 
@@ -44,7 +44,7 @@ def flow_lm_text_embeddings(g: Graph, w: Weights, cfg: FlowLMConfig, tokens: Ten
 def flow_lm_voice_conditioning(g: Graph, w: Weights, cfg: FlowLMConfig, latents: Tensor) -> Tensor:
     """Voice prompt rows: [bos_before_voice |] latents (N, speaker_dim) @ speaker_proj_weight^T."""
     ctx, d = g.ctx, cfg.d_model
-    n, speaker_dim = rows(latents), width(latents)
+    n, speaker_dim = row_count(latents), width(latents)
     x = linear(ctx, latents, weight(w, f"{PREFIX}.speaker_proj_weight", (d, speaker_dim)))
     if cfg.insert_bos_before_voice:
         bos = ggml.ggml_reshape_2d(ctx, weight(w, f"{PREFIX}.bos_before_voice", (1, 1, d)), d, 1)
@@ -55,7 +55,7 @@ def flow_lm_voice_conditioning(g: Graph, w: Weights, cfg: FlowLMConfig, latents:
 
 def flow_lm_input(g: Graph, w: Weights, cfg: FlowLMConfig, latents: Tensor, latent_dim: int) -> Tensor:
     """input_linear: latents (N, latent_dim), BOS already filled in -> (N, d_model)."""
-    expect_shape(latents, (rows(latents), latent_dim), "FlowLM input latents")
+    expect_shape(latents, (row_count(latents), latent_dim), "FlowLM input latents")
     w_in = weight(w, f"{PREFIX}.input_linear.weight", (cfg.d_model, latent_dim))
     return linear(g.ctx, latents, w_in)
 
@@ -99,7 +99,7 @@ def flow_lm_backbone(
 def last_rows(g: Graph, x: Tensor, n: int) -> Tensor:
     """The last n rows of a (T, d) tensor, as a view."""
     row = tensor_nb(x)[1]
-    return ggml.ggml_view_2d(g.ctx, x, width(x), n, row, (rows(x) - n) * row)
+    return ggml.ggml_view_2d(g.ctx, x, width(x), n, row, (row_count(x) - n) * row)
 
 
 def flow_lm_eos_logit(g: Graph, w: Weights, cfg: FlowLMConfig, h: Tensor) -> Tensor:

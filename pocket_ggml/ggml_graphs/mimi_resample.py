@@ -8,20 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import ggml
-
 from pocket_ggml.format.config import MimiConfig
+from pocket_ggml.ggml_binding import GGML_TYPE_F32, Tensor, ggml, ggml_type_of
 from pocket_ggml.ggml_graphs.conv import (
     check_activation,
     check_conv1d,
     conv1d,
     conv1d_history,
     overlap_add,
-    rows,
     streaming_conv1d,
+    time_slice,
 )
+from pocket_ggml.ggml_graphs.graph import Graph
 from pocket_ggml.ggml_graphs.nn import Weights, weight
-from pocket_ggml.runtime.ggml_backend import GGML_TYPE_F32, Graph, Tensor, ggml_type_of
 
 UPSAMPLE = "upsample.convtr"  # the reference's module paths under MimiModel (weights and state)
 DOWNSAMPLE = "downsample.conv"
@@ -73,5 +72,5 @@ def conv_downsample(g: Graph, w: Weights, cfg: MimiConfig, x: Tensor) -> Tensor:
     if t < history:
         raise ValueError(f"conv_downsample: needs at least {history} steps, got {t}")
     ctx = g.ctx
-    first = ggml.ggml_repeat_4d(ctx, rows(g, x, 0, 1), c, history, 1, 1)
+    first = ggml.ggml_repeat_4d(ctx, time_slice(g, x, 0, 1), c, history, 1, 1)
     return conv1d(g, ggml.ggml_concat(ctx, first, x, 1), kernel, kernel_size=2 * s, stride=s)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import ggml
-
 from pocket_ggml.format.config import FlowLMConfig
 from pocket_ggml.format.names import TIMESTEP_FREQ_DIM
+from pocket_ggml.ggml_binding import Tensor, ggml
+from pocket_ggml.ggml_graphs.graph import Graph
 from pocket_ggml.ggml_graphs.nn import (
     Weights,
     chunk_rows,
@@ -20,10 +20,9 @@ from pocket_ggml.ggml_graphs.nn import (
     layer_norm,
     linear,
     modulate,
-    rows,
+    row_count,
     weight,
 )
-from pocket_ggml.runtime.ggml_backend import Graph, Tensor
 
 RMS_NORM_EPS = 1e-5  # the TimestepEmbedder's final RMSNorm
 ADALN_NORM_EPS = 1e-6  # ResBlock.in_ln and FinalLayer.norm_final
@@ -83,7 +82,7 @@ def simple_mlp_adaln(
     prefix: str = "flow_lm.flow_net",
 ) -> Tensor:
     """SimpleMLPAdaLN(c, *ts, x) -> (B, latent_dim): the flow velocity (or sample) for x."""
-    ctx, dim, b = g.ctx, cfg.flow_dim, rows(x)
+    ctx, dim, b = g.ctx, cfg.flow_dim, row_count(x)
     if len(ts) != cfg.num_time_conds:
         raise ValueError(f"{cfg.flow_type} head takes {cfg.num_time_conds} time conditions, got {len(ts)}")
     expect_shape(x, (b, latent_dim), "flow head input")

@@ -11,11 +11,8 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 
-import ggml
-
-from pocket_ggml.errors import ModelFileError
 from pocket_ggml.format.names import from_released
-from pocket_ggml.runtime.ggml_backend import Tensor, tensor_nb, tensor_ne
+from pocket_ggml.ggml_binding import Tensor, ggml, tensor_nb, tensor_ne
 
 Weights = Mapping[str, Tensor]  # GGUF name -> ggml tensor (a WeightStore)
 
@@ -32,14 +29,16 @@ def gguf_name(released: str) -> str:
 
 
 def weight(w: Weights, released: str, shape: Sequence[int] | None = None) -> Tensor:
-    """The tensor of a released name, checked against `shape` (numpy order) if given."""
+    """The tensor of a released name, checked against `shape` (numpy order) if given. A missing
+    tensor is a KeyError and a misshaped one a ValueError: the runtime checks a model file's tensors
+    before any graph is built, so either means weights that were never checked against the config."""
     name = gguf_name(released)
     try:
         t = w[name]
     except KeyError:
-        raise ModelFileError(f"model has no tensor {name!r} ({released})") from None
+        raise KeyError(f"no tensor {name!r} ({released}) among the weights") from None
     if shape is not None and not has_shape(t, shape):
-        raise ModelFileError(f"tensor {name!r} has shape {tuple(reversed(tensor_ne(t)))}, expected {tuple(shape)}")
+        raise ValueError(f"tensor {name!r} has shape {tuple(reversed(tensor_ne(t)))}, expected {tuple(shape)}")
     return t
 
 
@@ -56,12 +55,13 @@ def expect_shape(t: Tensor, shape: Sequence[int], what: str) -> None:
         raise ValueError(f"{what}: shape {tuple(reversed(tensor_ne(t)))}, expected {tuple(shape)}")
 
 
-def rows(t: Tensor) -> int:
+def row_count(t: Tensor) -> int:
     """Number of rows (time steps) of a (T, d) activation."""
     return tensor_ne(t)[1]
 
 
 def width(t: Tensor) -> int:
+    """Number of features of a (T, d) activation."""
     return tensor_ne(t)[0]
 
 

@@ -1,122 +1,30 @@
 """Mimi's SEANet encoder and decoder (pocket_tts/modules/seanet.py) as ggml graph fragments.
 
-Activations are channel-fastest, ggml ne [C, T] (conv.py). The layer plan mirrors the reference's
-constructors, module indices included, so that weights are found by released name
-(`mimi.<module>.conv.weight`) and streaming state is named `<module>.previous` / `<module>.partial`
+Activations are channel-fastest, ggml ne [C, T] (conv.py). The layer plan (`pocket_ggml.format.seanet`)
+mirrors the reference's constructors, module indices included, so that weights are found by released
+name (`mimi.<module>.conv.weight`) and streaming state is named `<module>.previous` / `<module>.partial`
 after the reference's `init_states(mimi)` keys (e.g. `decoder.model.3.block.1.previous`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-
-import ggml
 
 from pocket_ggml.format.config import SEANetConfig
-from pocket_ggml.ggml_graphs.conv import conv1d_history, streaming_conv1d, streaming_conv_transpose1d
+from pocket_ggml.format.seanet import (
+    SeanetConv,
+    SeanetLayer,
+    SeanetResBlock,
+    seanet_convs,
+    seanet_decoder_plan,
+    seanet_encoder_plan,
+)
+from pocket_ggml.ggml_binding import Tensor, ggml, tensor_ne
+from pocket_ggml.ggml_graphs.conv import streaming_conv1d, streaming_conv_transpose1d
+from pocket_ggml.ggml_graphs.graph import Graph
 from pocket_ggml.ggml_graphs.nn import Weights, expect_shape, gguf_name, weight
-from pocket_ggml.runtime.ggml_backend import Graph, Tensor, tensor_ne
 
-ENCODER = "encoder.model"  # the reference's module paths under MimiModel
-DECODER = "decoder.model"
 CHANNEL_FAST_SUFFIX = ".channel_fast"
-
-
-@dataclass(frozen=True)
-class SeanetConv:
-    """One StreamingConv1d / StreamingConvTranspose1d of the plan."""
-
-    module: str  # reference module path under MimiModel, e.g. "decoder.model.3.block.1"
-    c_in: int
-    c_out: int
-    kernel: int
-    stride: int = 1
-    dilation: int = 1
-    transposed: bool = False
-
-    @property
-    def weight_names(self) -> tuple[str, str]:
-        """Released names of the kernel and bias."""
-        leaf = "convtr" if self.transposed else "conv"
-        return f"mimi.{self.module}.{leaf}.weight", f"mimi.{self.module}.{leaf}.bias"
-
-    @property
-    def kernel_shape(self) -> tuple[int, int]:
-        """The stored kernel matrix (numpy order): (C_out, C_in*K), or (C_out*K, C_in) if transposed."""
-        if self.transposed:
-            return self.c_out * self.kernel, self.c_in
-        return self.c_out, self.c_in * self.kernel
-
-    @property
-    def state(self) -> tuple[str, tuple[int, int]] | None:
-        """(name, numpy shape (steps, channels)) of the streaming state; pointwise convs have none."""
-        if self.transposed:
-            return f"{self.module}.partial", (self.kernel - self.stride, self.c_out)
-        history = conv1d_history(self.kernel, self.stride, self.dilation)
-        return (f"{self.module}.previous", (history, self.c_in)) if history else None
-
-
-@dataclass(frozen=True)
-class SeanetResBlock:
-    """SEANetResnetBlock with its two convs (kernel `residual_kernel_size` then 1)."""
-
-    module: str
-    convs: tuple[SeanetConv, SeanetConv]
-
-
-SeanetLayer = SeanetConv | SeanetResBlock
-
-
-def _resblock(module: str, dim: int, s: SEANetConfig, dilation: int) -> SeanetResBlock:
-    hidden = dim // s.compress
-    return SeanetResBlock(
-        module,
-        (
-            SeanetConv(f"{module}.block.1", dim, hidden, s.residual_kernel_size, dilation=dilation),
-            SeanetConv(f"{module}.block.3", hidden, dim, 1),
-        ),
-    )
-
-
-def seanet_encoder_plan(s: SEANetConfig, module: str = ENCODER) -> tuple[SeanetLayer, ...]:
-    """SEANetEncoder.__init__: conv, then per reversed ratio [resblocks, ELU, strided conv], ELU, conv."""
-    layers: list[SeanetLayer] = [SeanetConv(f"{module}.0", s.channels, s.n_filters, s.kernel_size)]
-    idx, dim = 1, s.n_filters
-    for ratio in reversed(s.ratios):
-        for j in range(s.n_residual_layers):
-            layers.append(_resblock(f"{module}.{idx}", dim, s, s.dilation_base**j))
-            idx += 1
-        idx += 1  # ELU
-        layers.append(SeanetConv(f"{module}.{idx}", dim, 2 * dim, 2 * ratio, stride=ratio))
-        idx += 1
-        dim *= 2
-    idx += 1  # ELU
-    layers.append(SeanetConv(f"{module}.{idx}", dim, s.dimension, s.last_kernel_size))
-    return tuple(layers)
-
-
-def seanet_decoder_plan(s: SEANetConfig, module: str = DECODER) -> tuple[SeanetLayer, ...]:
-    """SEANetDecoder.__init__: conv, then per ratio [ELU, transposed conv, resblocks], ELU, conv."""
-    dim = 2 ** len(s.ratios) * s.n_filters
-    layers: list[SeanetLayer] = [SeanetConv(f"{module}.0", s.dimension, dim, s.kernel_size)]
-    idx = 1
-    for ratio in s.ratios:
-        idx += 1  # ELU
-        layers.append(SeanetConv(f"{module}.{idx}", dim, dim // 2, 2 * ratio, stride=ratio, transposed=True))
-        idx += 1
-        dim //= 2
-        for j in range(s.n_residual_layers):
-            layers.append(_resblock(f"{module}.{idx}", dim, s, s.dilation_base**j))
-            idx += 1
-    idx += 1  # ELU
-    layers.append(SeanetConv(f"{module}.{idx}", dim, s.channels, s.last_kernel_size))
-    return tuple(layers)
-
-
-def seanet_convs(plan: tuple[SeanetLayer, ...]) -> list[SeanetConv]:
-    """Every conv of a plan, in order."""
-    return [c for layer in plan for c in (layer.convs if isinstance(layer, SeanetResBlock) else (layer,))]
 
 
 def seanet_state_shapes(plan: tuple[SeanetLayer, ...]) -> dict[str, tuple[int, int]]:
@@ -127,7 +35,7 @@ def seanet_state_shapes(plan: tuple[SeanetLayer, ...]) -> dict[str, tuple[int, i
 def elu(g: Graph, x: Tensor) -> Tensor:
     """nn.ELU(alpha=1) = relu(x) + expm1(u), u = min(x, 0), with the exponential from ggml's SiLU,
     the one unary op ggml vectorises with an exp inside (ggml_elu and ggml_expm1 call libm's expm1f
-    value by value: 13% of a Mimi frame). For u' = u - 1e-30 < 0, silu(u') = u' sigmoid(u') and
+    value by value, a large share of a Mimi frame). For u' = u - 1e-30 < 0, silu(u') = u' sigmoid(u') and
     u' - silu(u') = u' sigmoid(-u'), so e^u' = silu(u') / (u' - silu(u')) with no cancellation;
     expm1(u) is then that less 1: within 3e-7 of the exact value (absolute; libm: 6e-8), so values
     near zero lose relative precision (a conv of them does not: it sums values of order 1).

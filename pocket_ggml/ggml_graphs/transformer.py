@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import ggml
-
 from pocket_ggml.format.config import FlowLMConfig, MimiTransformerConfig
+from pocket_ggml.ggml_binding import Tensor, ggml
 from pocket_ggml.ggml_graphs.attention import (
     AttentionInputs,
     AttentionShape,
@@ -19,17 +18,17 @@ from pocket_ggml.ggml_graphs.attention import (
     ScoreTap,
     streaming_attention,
 )
+from pocket_ggml.ggml_graphs.graph import Graph
 from pocket_ggml.ggml_graphs.nn import (
     Weights,
     expect_shape,
     gelu_tanh,
     layer_norm,
     linear,
-    rows,
+    row_count,
     weight,
     width,
 )
-from pocket_ggml.runtime.ggml_backend import GGML_TYPE_F32, Graph, StateStore, Tensor
 
 NORM_EPS = 1e-5  # nn.LayerNorm(d_model, eps=1e-5) for norm1, norm2 and FlowLM's out_norm
 
@@ -54,24 +53,6 @@ class TransformerShape:
     def for_mimi(cls, cfg: MimiTransformerConfig) -> TransformerShape:
         attn = AttentionShape(cfg.d_model, cfg.num_heads, cfg.num_heads, cfg.head_dim, cfg.max_period)
         return cls(attn, cfg.num_layers, cfg.dim_feedforward, layer_scale=True)
-
-
-def kv_cache_specs(
-    name: str, shape: TransformerShape, capacity: int, ggml_type: int = GGML_TYPE_F32
-) -> dict[str, tuple[tuple[int, int], int]]:
-    """StateStore specs of a transformer's K/V caches: `{name}.{layer}.k` (capacity, kv_dim) and
-    `.v`, stored transposed (kv_dim, capacity). F16 halves the memory but rounds K/V to F16."""
-    kv_dim = shape.attention.kv_dim
-    specs = {}
-    for l in range(shape.num_layers):
-        specs[f"{name}.{l}.k"] = ((capacity, kv_dim), ggml_type)
-        specs[f"{name}.{l}.v"] = ((kv_dim, capacity), ggml_type)
-    return specs
-
-
-def layer_caches(state: StateStore, name: str, shape: TransformerShape) -> list[LayerKV]:
-    """The per-layer cache tensors declared by `kv_cache_specs`."""
-    return [LayerKV(state[f"{name}.{l}.k"], state[f"{name}.{l}.v"]) for l in range(shape.num_layers)]
 
 
 def transformer_layer(
@@ -156,7 +137,7 @@ def projected_transformer(
     shape = TransformerShape.for_mimi(cfg)
     layers = range(shape.num_layers) if layers is None else layers
     if layers.start == 0:
-        expect_shape(x, (rows(x), cfg.input_dimension), f"{prefix} input")
+        expect_shape(x, (row_count(x), cfg.input_dimension), f"{prefix} input")
         if width(x) != d:
             x = linear(ctx, x, weight(w, f"{prefix}.input_proj.weight", (d, cfg.input_dimension)))
     z = streaming_transformer(g, w, f"{prefix}.transformer", x, shape, inputs, caches, layers=layers)

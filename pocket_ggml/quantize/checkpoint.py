@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,10 +116,3 @@ def check_against_config(ckpt: SafetensorsCheckpoint, cfg: PocketConfig) -> bool
     if problems:
         raise CheckpointError(f"{ckpt.path}: does not match config {cfg.name!r}: " + "; ".join(problems))
     return has_encoder
-
-
-def iter_tensors(
-    ckpt: SafetensorsCheckpoint, cfg: PocketConfig, with_encoder: bool
-) -> Iterator[tuple[str, np.ndarray]]:
-    for name in expected_tensors(cfg, with_encoder=with_encoder):
-        yield name, ckpt.tensor(name)

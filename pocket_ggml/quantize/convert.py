@@ -8,7 +8,6 @@ complete, so an interrupted run leaves nothing at the destination and a previous
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -18,60 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from pocket_ggml.errors import OutputError, TokenizerError
+from pocket_ggml.errors import OutputError
 from pocket_ggml.files import atomic_write
 from pocket_ggml.format.config import PocketConfig
-from pocket_ggml.format.ggml_types import GGMLType
+from pocket_ggml.format.ggml_types import GGMLType, tensor_nbytes
+from pocket_ggml.format.gguf_keys import ARCH, TOKENIZER_TENSOR, VOICE_NAME_RX, FileInfo, voice_tensor_name
 from pocket_ggml.format.names import expected_tensors, from_released, stored_shape, to_stored_layout
+from pocket_ggml.format.tokenizer import TokenizerRecord
 from pocket_ggml.quantize.checkpoint import SafetensorsCheckpoint, check_against_config
-from pocket_ggml.quantize.gguf_format import (
-    ARCH,
-    TOKENIZER_TENSOR,
-    VOICE_NAME_RX,
-    FileInfo,
-    voice_tensor_name,
-    write_metadata,
-)
-from pocket_ggml.quantize.policy import Mix, choose_type, type_nbytes
+from pocket_ggml.quantize.gguf_format import write_metadata
+from pocket_ggml.quantize.policy import Mix, choose_type
 from pocket_ggml.quantize.synthetic import synthetic_tensors
 
 T = GGMLType
 _LAYER_RX = re.compile(r"^lm\.blk\.(\d+)\.")
-
-
-@dataclass(frozen=True)
-class Tokenizer:
-    kind: str  # "sentencepiece" or "tokenizers"
-    data: bytes
-    vocab_size: int
-
-
-def read_tokenizer(path: str | Path, n_bins: int) -> Tokenizer:
-    """A SentencePiece `.model` or a `tokenizer.json`, checked to have the model's vocabulary size."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise TokenizerError(f"cannot read tokenizer {str(p)!r}: {e.strerror or e}") from None
-    return check_tokenizer(data, "tokenizers" if p.suffix == ".json" else "sentencepiece", n_bins, repr(str(p)))
-
-
-def check_tokenizer(data: bytes, kind: str, n_bins: int, where: str = "tokenizer") -> Tokenizer:
-    if kind == "tokenizers":
-        try:
-            size = len(json.loads(data.decode("utf-8"))["model"]["vocab"])
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-            raise TokenizerError(f"{where} is not a tokenizers (HF) tokenizer.json") from None
-    else:
-        import sentencepiece
-
-        try:
-            size = sentencepiece.SentencePieceProcessor(model_proto=data).vocab_size()
-        except (RuntimeError, TypeError, ValueError):
-            raise TokenizerError(f"{where} is not a SentencePiece model") from None
-    if size != n_bins:
-        raise TokenizerError(f"{where} has {size} pieces; the model's text table needs {n_bins}")
-    return Tokenizer(kind, data, size)
 
 
 @dataclass
@@ -118,7 +77,7 @@ def _encode(array: np.ndarray, qtype: GGMLType) -> np.ndarray:
         return np.ascontiguousarray(array, dtype=np.float32)
     if qtype == T.F16:
         return np.ascontiguousarray(array, dtype=np.float16)
-    from pocket_ggml.runtime.ggml_backend import quantize_rows
+    from pocket_ggml.ggml_binding import quantize_rows
 
     return quantize_rows(np.ascontiguousarray(array.reshape(-1, array.shape[-1]), dtype=np.float32), qtype)
 
@@ -139,7 +98,7 @@ def convert(
     cfg: PocketConfig,
     output: str | Path,
     mix: Mix,
-    tokenizer: Tokenizer,
+    tokenizer: TokenizerRecord,
     *,
     checkpoint: SafetensorsCheckpoint | None = None,
     synthetic_seed: int | None = None,
@@ -177,7 +136,7 @@ def convert(
             mix, tn.gguf, tn.rule.role, sshape, int(m.group(1)) if m else None, cfg.flow_lm.num_layers, overrides
         )
         n = int(np.prod(sshape))
-        records.append(TensorRecord(tn.gguf, released, qtype, sshape, n, type_nbytes(qtype, sshape)))
+        records.append(TensorRecord(tn.gguf, released, qtype, sshape, n, tensor_nbytes(qtype, sshape)))
 
     info = FileInfo(
         name=name or f"pocket-tts {cfg.name} {mix.name}" + (" (synthetic weights)" if checkpoint is None else ""),

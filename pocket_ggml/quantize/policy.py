@@ -1,11 +1,10 @@
 """Which GGML type each tensor gets: the named mixes, the row-size fallback, `--tensor-type` overrides.
 
-The mixes start from ../shared/docs/quantization-study.md (measured on synthetic english weights with
-the reference): the flow head and the SEANet kernels want F16 in the high-quality mixes; attention
-`out_proj` is the most sensitive FlowLM matrix at 4 bits (Q8_0 for it costs +3 MB and lifts the
-centred latent cosine of a Q4 mix from 0.883 to 0.913); the text table tolerates Q4_K; the Mimi
-decoder transformer at Q8_0 costs little (56 dB); the SEANet decoder at Q8_0 costs ~31 dB, so it
-stays F16. The Mimi encoder (voice cloning only, 46 dB at Q8_0) is Q8_0 in every quantized mix.
+Why the mixes are as they are (the quantization study in the docs has the figures): the flow head and
+the SEANet kernels want F16 in the high-quality mixes; attention `out_proj` is the most sensitive
+FlowLM matrix at 4 bits, so the Q4 mix keeps it Q8_0 for a few MB; the text table tolerates Q4_K; the
+Mimi decoder transformer loses little at Q8_0, the SEANet decoder much more, so it stays F16. The Mimi
+encoder (voice cloning only) loses little at Q8_0 and is Q8_0 in every quantized mix.
 
 Fallback (ggml quantizes rows, along `ne[0]`): a K-quant needs rows that are a multiple of 256;
 otherwise Q8_0 if the row is a multiple of 32, else F16. Q8_0 falls back to F16 the same way.
@@ -19,21 +18,12 @@ import re
 from dataclasses import dataclass
 
 from pocket_ggml.errors import QuantizationError
-from pocket_ggml.format.ggml_types import QUANT_SIZES, FileType, GGMLType
+from pocket_ggml.format.ggml_types import QUANT_SIZES, TENSOR_TYPES, FileType, GGMLType
 from pocket_ggml.format.names import Role
 
 T = GGMLType
-TENSOR_TYPES: dict[str, T] = {
-    "F32": T.F32,
-    "F16": T.F16,
-    "Q8_0": T.Q8_0,
-    "Q4_K": T.Q4_K,
-    "Q5_K": T.Q5_K,
-    "Q6_K": T.Q6_K,
-}
 K_QUANTS = (T.Q4_K, T.Q5_K, T.Q6_K)
 
-_FLOWLM_MATRICES = (Role.LM_ATTN_QKV, Role.LM_ATTN_OUT, Role.LM_FFN_UP, Role.LM_FFN_DOWN)
 _SMALL_LM = (Role.LM_INPUT, Role.LM_SPEAKER_PROJ, Role.LM_Z_PROJ, Role.LM_EOS, Role.LM_TEXT_PROJ)
 
 
@@ -109,7 +99,6 @@ MIXES: dict[str, Mix] = {
         "encoder Q6_K/Q8_0",
     ),
 }
-DEFAULT_MIX = "Q4_K_M"
 
 
 def use_more_bits(layer: int, n_layers: int) -> bool:
@@ -180,11 +169,3 @@ def choose_type(
         if rx.search(gguf_name):
             wanted = qtype
     return fallback(wanted, stored_shape[-1])
-
-
-def type_nbytes(qtype: T, shape: tuple[int, ...]) -> int:
-    block, size = QUANT_SIZES[qtype]
-    n = 1
-    for d in shape:
-        n *= d
-    return n // block * size

@@ -96,43 +96,6 @@ def synthetic_tensors(cfg: PocketConfig, seed: int, with_encoder: bool = True) -
         yield name, _init(name, shape, _rng(seed, name), linear_fan_in, last_decoder_conv)
 
 
-def synthetic_tokenizer(n_pieces: int) -> bytes:
-    """A SentencePiece unigram model of exactly `n_pieces` pieces (characters, then letter pairs and
-    triples with and without the word-start marker), for synthetic models made without a tokenizer
-    file. It tokenizes any English text, so synthetic models run end to end; it is not the released
-    vocabulary, and a GGUF made with it says so (`pocket-tts.weights_kind = synthetic`)."""
-    import itertools
-    import string
-
-    from sentencepiece import sentencepiece_model_pb2 as sp_model
-
-    model = sp_model.ModelProto()
-    model.trainer_spec.model_type = sp_model.TrainerSpec.UNIGRAM
-    model.trainer_spec.vocab_size = n_pieces
-    model.normalizer_spec.name = "identity"
-    model.normalizer_spec.add_dummy_prefix = True
-    model.normalizer_spec.remove_extra_whitespaces = True
-    specials = [
-        ("<unk>", sp_model.ModelProto.SentencePiece.UNKNOWN),
-        ("<s>", sp_model.ModelProto.SentencePiece.CONTROL),
-        ("</s>", sp_model.ModelProto.SentencePiece.CONTROL),
-    ]
-    chars = string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation
-    pairs = ["".join(p) for p in itertools.product(string.ascii_lowercase, repeat=2)]
-    triples = ["".join(p) for p in itertools.product(string.ascii_lowercase, repeat=3)]
-    normal = ["\u2581", *chars, *("\u2581" + c for c in chars), *pairs, *("\u2581" + p for p in pairs), *triples]
-    if n_pieces < len(specials) + len(chars) + 1 or n_pieces > len(specials) + len(normal):
-        raise ValueError(
-            f"a synthetic tokenizer holds {len(specials) + len(chars) + 1}..{len(specials) + len(normal)} pieces"
-        )
-    for piece, kind in specials:
-        model.pieces.add(piece=piece, score=0.0, type=kind)
-    for i, piece in enumerate(normal[: n_pieces - len(specials)]):
-        # longer pieces win (single characters cost extra), earlier ones break ties
-        model.pieces.add(piece=piece, score=-0.001 * i - (5.0 if len(piece) == 1 else 0.0))
-    return model.SerializeToString()
-
-
 def save_synthetic_safetensors(cfg: PocketConfig, seed: int, path: Path) -> None:
     """The synthetic weights in the released layout (F32), for the reference to load; atomic."""
     import safetensors.numpy

@@ -11,8 +11,7 @@ import importlib.metadata
 import logging
 import threading
 
-from pocket_ggml import ggml_presets
-from pocket_ggml.runtime import ggml_backend
+from pocket_ggml import ggml_binding, ggml_presets
 
 logger = logging.getLogger(__name__)
 _warned = threading.Event()
@@ -20,7 +19,7 @@ _warned = threading.Event()
 
 def slow_build_note() -> str | None:
     """None for a build with LLAMAFILE; else what is wrong and the reinstall command for this CPU."""
-    if ggml_backend.has_llamafile():
+    if ggml_binding.has_llamafile():
         return None
     note = (
         "ggml-python was built without LLAMAFILE (as a plain `pip install ggml-python` builds it): "

@@ -15,22 +15,17 @@ import numpy as np
 
 from pocket_ggml.errors import GenerationError
 from pocket_ggml.format.config import PocketConfig
-from pocket_ggml.ggml_graphs.attention import KVCache, ScoreTap, attention_arrays, attention_inputs
+from pocket_ggml.ggml_binding import GGML_TYPE_F16, GGML_TYPE_F32
+from pocket_ggml.ggml_graphs.attention import ScoreTap, attention_arrays, attention_inputs
 from pocket_ggml.ggml_graphs.flow_lm import (
     flow_lm_step,
     flow_lm_text_embeddings,
     flow_lm_voice_conditioning,
     replace_nan_with_bos,
 )
-from pocket_ggml.ggml_graphs.transformer import TransformerShape, kv_cache_specs, layer_caches
-from pocket_ggml.runtime.ggml_backend import (
-    GGML_TYPE_F16,
-    GGML_TYPE_F32,
-    CpuBackend,
-    GraphRunner,
-    StateStore,
-    WeightStore,
-)
+from pocket_ggml.ggml_graphs.transformer import TransformerShape
+from pocket_ggml.runtime.ggml_backend import CpuBackend, GraphRunner, StateStore, WeightStore
+from pocket_ggml.runtime.kv_cache import KVCache, kv_cache_specs, layer_caches
 
 CACHE_NAME = "lm"
 STEP_KEYS = 32  # a step graph is kept for this many steps (see FlowLM._call)

@@ -1,9 +1,6 @@
-"""GGML CPU backend plumbing: the only module that touches ctypes and ggml's backend API.
+"""GGML CPU backend objects: the backend, weight and state stores, and the graph runner.
 
-Importing it fixes the known ggml-python 0.0.45 binding bugs (pointer restypes cut to 32 bits) and sets
-GGML_NO_BACKTRACE=1, so a failed GGML_ASSERT aborts without starting gdb, OMP_WAIT_POLICY=passive
-(unless already set) and, with glibc, a fixed 128 KiB malloc mmap threshold (unless MALLOC_MMAP_THRESHOLD_
-is set); see below for why. Graph builders
+The ctypes-level helpers they are made of live in `pocket_ggml.ggml_binding`; graph builders
 (`pocket_ggml.ggml_graphs`) use `ggml.ggml_*` ops on `Graph.ctx` and never call the backend directly.
 
 Shapes are given in numpy order (outermost first); ggml's `ne` is the reverse.
@@ -19,197 +16,46 @@ API
 - `StateStore(backend, {name: shape | (shape, ggml_type)})`: persistent tensors (KV caches, conv
     history) in their own buffer, zero-initialised, surviving across computes; a `Mapping`.
     `.set(name, array)`, `.get(name) -> np.ndarray`, `.reset()` (all zeros), `.close()`.
-- `Graph`: a graph under construction (`.ctx` for ops); `.input(name, shape, dtype)` declares an
-    input filled at run time, `.feed(name, array)` an input whose value is known while building,
-    `.expand(tensor)` schedules a node now (for writes whose result nobody reads).
 - `GraphRunner(backend)`: `.run(build, inputs, key=None) -> {name: np.ndarray}` builds `build(graph)`
-    (which returns `{name: tensor}`) in a no_alloc context, allocates it with gallocr, sets the inputs,
-    computes with ggml_backend_graph_compute and returns the outputs. An output's numpy shape is the
-    reversed `ne` up to `ggml_n_dims` (leading size-1 axes are dropped). With a `key` the graph is
-    kept and the next call with the same key only sets inputs and computes. `.release()` frees the
-    kept graph, `.close()`.
-- `quantize_rows(matrix, qtype) -> uint8 blocks`: ggml's own quantizers (the K-quants exist only
-    in ggml), one chunk of rows per core.
-- `overlapping_view_2d(ctx, t, ne0, ne1, nb1, offset)`: a view whose rows overlap (conv windows).
-- `tensor_shape(t) -> tuple` (numpy order, trimmed to `ggml_n_dims`), `tensor_ne(t)` / `tensor_nb(t)`
-    (ggml order, 4 axes), `ggml_type_of(t)`,
-    `GGML_TYPE_*` aliases for the common types, `Tensor` (the type of a ggml tensor pointer).
+    (a `pocket_ggml.ggml_graphs.graph.Graph`, which returns `{name: tensor}`) in a no_alloc context,
+    allocates it with gallocr, sets the inputs, computes with ggml_backend_graph_compute and returns
+    the outputs. An output's numpy shape is the reversed `ne` up to `ggml_n_dims` (leading size-1 axes
+    are dropped). With a `key` the graph is kept and the next call with the same key only sets inputs
+    and computes. `.release()` frees the kept graph, `.close()`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
-import mmap
-import os
-import platform
-import sys
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from pocket_ggml.errors import QuantizationError
-from pocket_ggml.format.ggml_types import QUANT_SIZES, GGMLType
+from pocket_ggml.format.ggml_types import tensor_nbytes
+from pocket_ggml.ggml_binding import (
+    GGML_TYPE_F32,
+    Tensor,
+    address,
+    as_f16,
+    can_release_pages,
+    check_shape,
+    cpu_repack_buffer_type,
+    ggml,
+    ggml_type_for,
+    is_view,
+    metadata_context,
+    new_tensor,
+    numpy_type,
+    quiet_debug_log,
+    read_tensor,
+    release_pages,
+    repackable,
+    type_name,
+)
+from pocket_ggml.ggml_graphs.graph import Graph
 
-os.environ.setdefault("GGML_NO_BACKTRACE", "1")
-# libgomp reads this when ggml is loaded. Its default spins at every barrier, which turns each one
-# into a 4 ms scheduler tick when another process holds a core (FlowLM steps of 11-300 ms with 2
-# threads on a busy 2-core machine); passive waits cost ~1 ms per step and never collapse.
-# pocket_ggml.ggml_graphs sets it too: it may load ggml first.
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
-MMAP_THRESHOLD = 128 * 1024
-
-
-def _fix_mmap_threshold() -> bool:
-    """Keep glibc's malloc from moving its mmap threshold up (unless the user set MALLOC_MMAP_THRESHOLD_).
-
-    glibc serves blocks above the threshold with mmap, and every such block freed raises the threshold
-    to its size (up to 32 MB). Loading frees a few MB-sized temporaries, so afterwards the graph
-    buffers, KV caches and kernel copies of voice cloning come from the heap, and freeing them leaves
-    holes that stay in the RSS. At glibc's initial 128 KiB they are mapped and given back when freed;
-    nothing allocated per frame is that large. Process-wide, as OMP_WAIT_POLICY above."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-
-
-_fix_mmap_threshold()
-
-import ggml  # noqa: E402
-
-# Binding bug: these return pointers but declare a NewType(int) restype, which ctypes treats as
-# a C int and truncates to 32 bits; the next use of the pointer segfaults.
-for _fn in (
-    ggml.ggml_backend_cpu_buffer_from_ptr,
-    ggml.ggml_backend_alloc_buffer,
-    ggml.ggml_backend_cpu_buffer_type,
-    ggml.ggml_backend_sched_get_tensor_backend,
-):
-    _fn.restype = ctypes.c_void_p
-
-Tensor = Any  # ctypes.POINTER(ggml.ggml_tensor): what every ggml op takes and returns
-
-GGML_TYPE_F32 = ggml.GGML_TYPE_F32
-GGML_TYPE_F16 = ggml.GGML_TYPE_F16
-GGML_TYPE_I32 = ggml.GGML_TYPE_I32
-GGML_TYPE_I64 = ggml.GGML_TYPE_I64
-GGML_TYPE_Q8_0 = ggml.GGML_TYPE_Q8_0
-GGML_TYPE_Q4_0 = ggml.GGML_TYPE_Q4_0
-GGML_TYPE_Q4_K = ggml.GGML_TYPE_Q4_K
-GGML_TYPE_Q5_K = ggml.GGML_TYPE_Q5_K
-GGML_TYPE_Q6_K = ggml.GGML_TYPE_Q6_K
-
-_NUMPY_TYPES: dict[int, np.dtype] = {
-    GGML_TYPE_F32: np.dtype(np.float32),
-    GGML_TYPE_F16: np.dtype(np.float16),
-    GGML_TYPE_I32: np.dtype(np.int32),
-    GGML_TYPE_I64: np.dtype(np.int64),
-}
-_GGML_TYPES: dict[np.dtype, int] = {v: k for k, v in _NUMPY_TYPES.items()}
-_MAX_DIMS = 4
 _HOST_ALIGNMENT = 32  # ggml's TENSOR_ALIGNMENT, asserted by ggml_backend_cpu_buffer_from_ptr
-
-
-def _libc_madvise() -> Callable[[int, int, int], int] | None:
-    """madvise(2) from the C library, where the platform has it (not Windows)."""
-    if not hasattr(mmap, "MADV_DONTNEED"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_MADVISE = _libc_madvise()
-
-
-def _ggml_type_for(dtype: np.dtype) -> int:
-    t = _GGML_TYPES.get(np.dtype(dtype))
-    if t is None:
-        raise TypeError(f"no ggml type for numpy dtype {np.dtype(dtype)}")
-    return t
-
-
-def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    shape = tuple(int(s) for s in shape)
-    if not 1 <= len(shape) <= _MAX_DIMS or any(s <= 0 for s in shape):
-        raise ValueError(f"tensor shape {shape} must have 1-4 positive axes")
-    return shape
-
-
-def _new_tensor(ctx: int, ggml_type: int, shape: tuple[int, ...]) -> Tensor:
-    ne = (ctypes.c_int64 * len(shape))(*reversed(shape))
-    return ggml.ggml_new_tensor(ctx, ggml_type, len(shape), ne)
-
-
-def _nbytes(ggml_type: int, shape: tuple[int, ...]) -> int:
-    """Bytes of a contiguous tensor; also rejects rows that are not whole quantization blocks."""
-    block = ggml.ggml_blck_size(ggml_type)
-    if shape[-1] % block:
-        raise ValueError(f"row length {shape[-1]} is not a multiple of the block size {block}")
-    return ggml.ggml_row_size(ggml_type, shape[-1]) * int(np.prod(shape[:-1], dtype=np.int64))
-
-
-def _metadata_context(n_tensors: int) -> int:
-    params = ggml.ggml_init_params(
-        mem_size=ggml.ggml_tensor_overhead() * max(n_tensors, 1), mem_buffer=None, no_alloc=True
-    )
-    ctx = ggml.ggml_init(params)
-    if not ctx:
-        raise MemoryError("ggml_init failed")
-    return ctx
-
-
-def tensor_shape(t: Tensor) -> tuple[int, ...]:
-    """Numpy-order shape of a ggml tensor, trimmed to `ggml_n_dims` axes."""
-    n = ggml.ggml_n_dims(t)
-    return tuple(int(t.contents.ne[i]) for i in reversed(range(n)))
-
-
-def tensor_ne(t: Tensor) -> tuple[int, int, int, int]:
-    """ggml's `ne` (innermost first, always 4 axes)."""
-    return tuple(int(n) for n in t.contents.ne)  # type: ignore[return-value]
-
-
-def tensor_nb(t: Tensor) -> tuple[int, int, int, int]:
-    """ggml's byte strides `nb` (innermost first)."""
-    return tuple(int(n) for n in t.contents.nb)  # type: ignore[return-value]
-
-
-def overlapping_view_2d(ctx: int, t: Tensor, ne0: int, ne1: int, nb1: int, offset: int = 0) -> Tensor:
-    """A 2-D view of a contiguous F32/F16 tensor whose rows may overlap (nb1 < ne0 * element size),
-    e.g. the sliding windows of a convolution. ggml_view_2d refuses it: it checks ne0 * ne1 elements
-    against the source's size, so the view is made with one row and then widened."""
-    el = tensor_nb(t)[0]
-    if not ggml.ggml_is_contiguous(t) or ggml.ggml_blck_size(ggml_type_of(t)) != 1:
-        raise ValueError("overlapping_view_2d needs a contiguous tensor of a non-block type")
-    if min(ne0, ne1, nb1) < 1 or nb1 % el or offset + (ne0 - 1) * el + (ne1 - 1) * nb1 + el > ggml.ggml_nbytes(t):
-        raise ValueError(f"view [{ne0}, {ne1}] with row stride {nb1} at {offset} outside the tensor")
-    v = ggml.ggml_view_2d(ctx, t, ne0, 1, nb1, offset)
-    c = v.contents
-    c.ne[1] = ne1
-    c.nb[1] = nb1
-    c.nb[2] = c.nb[3] = nb1 * ne1
-    return v
-
-
-def ggml_type_of(t: Tensor) -> int:
-    """The tensor's ggml type (GGML_TYPE_*)."""
-    return int(t.contents.type)
 
 
 class CpuBackend:
@@ -305,21 +151,19 @@ class _TensorStore(Mapping[str, Tensor]):
     def get(self, name: str) -> np.ndarray:
         """A numpy copy (raw uint8 bytes for quantized types)."""
         shape, ggml_type = self._shapes[name], self._types[name]
-        dtype = _NUMPY_TYPES.get(ggml_type)
-        n = _nbytes(ggml_type, shape)
+        dtype = numpy_type(ggml_type)
+        n = tensor_nbytes(ggml_type, shape)
         out = np.empty(shape if dtype is not None else (n,), dtype=dtype or np.uint8)
         self._read_into(name, out)
         return out
 
     def _read_into(self, name: str, out: np.ndarray) -> None:
-        ggml.ggml_backend_tensor_get(self._tensors[name], _address(out), 0, out.nbytes)
+        ggml.ggml_backend_tensor_get(self._tensors[name], address(out), 0, out.nbytes)
 
     def _declare(self, specs: Sequence[tuple[str, int, tuple[int, ...]]]) -> None:
-        self._ctx = _metadata_context(len(specs))
+        self._ctx = metadata_context(len(specs))
         for name, ggml_type, shape in specs:
-            t = _new_tensor(self._ctx, ggml_type, shape)
-            ggml.ggml_set_name(t, name.encode()[: ggml.GGML_MAX_NAME - 1])
-            self._tensors[name] = t
+            self._tensors[name] = new_tensor(self._ctx, ggml_type, shape, name)
             self._shapes[name] = shape
             self._types[name] = ggml_type
 
@@ -329,7 +173,7 @@ class _TensorStore(Mapping[str, Tensor]):
         offsets, size = {}, 0
         for name in self._tensors:
             offsets[name] = size
-            size += -(-_nbytes(self._types[name], self._shapes[name]) // align) * align
+            size += -(-tensor_nbytes(self._types[name], self._shapes[name]) // align) * align
         self._buffer = ggml.ggml_backend_alloc_buffer(backend.handle, max(size, align))
         if not self._buffer:
             raise MemoryError(f"cannot allocate a {size}-byte backend buffer")
@@ -339,11 +183,11 @@ class _TensorStore(Mapping[str, Tensor]):
             ggml.ggml_backend_tensor_alloc(self._buffer, t, base + offsets[name])
 
     def _write(self, name: str, data: np.ndarray) -> None:
-        expected = _nbytes(self._types[name], self._shapes[name])
+        expected = tensor_nbytes(self._types[name], self._shapes[name])
         data = np.ascontiguousarray(data)
         if data.nbytes != expected:
             raise ValueError(f"{name}: {data.nbytes} bytes given, tensor holds {expected}")
-        ggml.ggml_backend_tensor_set(self._tensors[name], _address(data), 0, expected)
+        ggml.ggml_backend_tensor_set(self._tensors[name], address(data), 0, expected)
 
     def close(self) -> None:
         if getattr(self, "_buffer", 0):
@@ -391,18 +235,13 @@ class WeightStore(_TensorStore):
         touches it again. Tensors in memory of their own, or partly sharing a page with others, keep
         those pages."""
         memory = self._memory
-        if getattr(memory, "filename", None) is None or getattr(memory, "mode", None) != "r" or _MADVISE is None:
+        if getattr(memory, "filename", None) is None or getattr(memory, "mode", None) != "r" or not can_release_pages():
             return  # anonymous or writable memory would lose its contents
-        page = mmap.PAGESIZE
         base = memory.ctypes.data  # type: ignore[union-attr]
         for name in names:
             offset = self._offsets.get(name)
-            if offset is None:
-                continue
-            start = -(-(base + offset) // page) * page
-            end = (base + offset + _nbytes(self._types[name], self._shapes[name])) // page * page
-            if end > start:
-                _MADVISE(start, end - start, mmap.MADV_DONTNEED)
+            if offset is not None:
+                release_pages(base + offset, tensor_nbytes(self._types[name], self._shapes[name]))
 
     def put(self, backend: CpuBackend, arrays: Mapping[str, np.ndarray | RawTensor], repack: bool = False) -> None:
         """Add or replace tensors with copies of `arrays` (F32/F16/I32 arrays or raw tensors) in a new buffer.
@@ -421,10 +260,10 @@ class WeightStore(_TensorStore):
         """Move these tensors (each `repackable`, each used only as a mul_mat weight) to one CPU_REPACK
         buffer, one at a time through one staging buffer: the load never holds a second copy of all."""
         specs = [(name, self._types[name], self._shapes[name]) for name in names]
-        staging = np.empty(max((_nbytes(t, shape) for _, t, shape in specs), default=0), np.uint8)
+        staging = np.empty(max((tensor_nbytes(t, shape) for _, t, shape in specs), default=0), np.uint8)
 
         def read(name: str) -> np.ndarray:
-            out = staging[: _nbytes(self._types[name], self._shapes[name])]
+            out = staging[: tensor_nbytes(self._types[name], self._shapes[name])]
             self._read_into(name, out)
             return out
 
@@ -441,12 +280,12 @@ class WeightStore(_TensorStore):
         store's entry for that name is replaced (so a source may read the tensor's current bytes)."""
         for name, ggml_type, shape in specs:
             if repack and not repackable(ggml_type, shape):
-                raise ValueError(f"{name}: {ggml.ggml_type_name(ggml_type).decode()} {shape} cannot go to CPU_REPACK")
+                raise ValueError(f"{name}: {type_name(ggml_type)} {shape} cannot go to CPU_REPACK")
         if not specs:
             return
-        ctx = _metadata_context(len(specs))
-        tensors = {name: _new_tensor(ctx, ggml_type, shape) for name, ggml_type, shape in specs}
-        buft = _cpu_repack_buffer_type() if repack else ggml.ggml_backend_get_default_buffer_type(backend.handle)
+        ctx = metadata_context(len(specs))
+        tensors = {name: new_tensor(ctx, ggml_type, shape) for name, ggml_type, shape in specs}
+        buft = cpu_repack_buffer_type() if repack else ggml.ggml_backend_get_default_buffer_type(backend.handle)
         align = ggml.ggml_backend_buft_get_alignment(buft)
         sizes = {
             name: -(-ggml.ggml_backend_buft_get_alloc_size(buft, t) // align) * align for name, t in tensors.items()
@@ -458,7 +297,7 @@ class WeightStore(_TensorStore):
         self._extra.append((ctx, buffer))
         ggml.ggml_backend_buffer_set_usage(buffer, ggml.GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
         address = ggml.ggml_backend_buffer_get_base(buffer)
-        with _quiet_debug_log():  # the repack logs one line per tensor
+        with quiet_debug_log():  # the repack logs one line per tensor
             for name, ggml_type, shape in specs:
                 data = source(name)
                 t = tensors[name]
@@ -506,7 +345,7 @@ class WeightStore(_TensorStore):
         if len({s.name for s in specs}) != len(specs):
             raise ValueError("tensor names must be unique")
         for s in specs:
-            end = s.offset + _nbytes(s.ggml_type, _check_shape(s.shape))
+            end = s.offset + tensor_nbytes(s.ggml_type, check_shape(s.shape))
             if s.offset < 0 or end > memory.nbytes:
                 raise ValueError(f"{s.name}: bytes {s.offset}..{end} outside a {memory.nbytes}-byte blob")
         store = cls()
@@ -526,87 +365,13 @@ class WeightStore(_TensorStore):
 def _raw_spec(name: str, a: np.ndarray | RawTensor) -> tuple[int, tuple[int, ...], np.ndarray]:
     """(ggml type, shape, bytes or values) of an array or raw tensor, its size checked."""
     if isinstance(a, RawTensor):
-        ggml_type, shape, data = a.ggml_type, _check_shape(a.shape), a.data
+        ggml_type, shape, data = a.ggml_type, check_shape(a.shape), a.data
     else:
-        ggml_type, shape, data = _ggml_type_for(a.dtype), _check_shape(a.shape), a
-    n = _nbytes(ggml_type, shape)
+        ggml_type, shape, data = ggml_type_for(a.dtype), check_shape(a.shape), a
+    n = tensor_nbytes(ggml_type, shape)
     if data.nbytes != n:
         raise ValueError(f"{name}: {data.nbytes} bytes given for a tensor of {n}")
     return ggml_type, shape, data
-
-
-@contextlib.contextmanager
-def _quiet_debug_log() -> Iterator[None]:
-    """Drop ggml's debug messages (and their continuations) meanwhile; others go to stderr as usual."""
-    last = [0]
-
-    def log(level: int, text: bytes, _user: Any) -> None:
-        if level != ggml.GGML_LOG_LEVEL_CONT:
-            last[0] = level
-        if last[0] > ggml.GGML_LOG_LEVEL_DEBUG:
-            sys.stderr.write(text.decode(errors="replace"))
-
-    callback = ggml.ggml_log_callback(log)
-    ggml.ggml_log_set(callback, None)
-    try:
-        yield
-    finally:
-        ggml.ggml_log_set(ggml.ggml_log_callback(), None)  # NULL: ggml's default logger
-
-
-def dequantize(raw: np.ndarray, ggml_type: int, shape: Sequence[int]) -> np.ndarray:
-    """A tensor's raw bytes of any ggml type -> float32 of `shape`, with ggml's own kernel."""
-    shape = _check_shape(shape)
-    raw = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
-    if raw.nbytes != _nbytes(ggml_type, shape):
-        raise ValueError(f"{raw.nbytes} bytes given for a {ggml.ggml_type_name(ggml_type).decode()} {shape} tensor")
-    to_float = ggml.ggml_get_type_traits(ggml_type).contents.to_float
-    if not to_float:
-        raise TypeError(f"ggml has no to_float for {ggml.ggml_type_name(ggml_type).decode()}")
-    out = np.empty(shape, dtype=np.float32)
-    to_float(ctypes.c_void_p(_address(raw)), ctypes.cast(_address(out), ctypes.POINTER(ctypes.c_float)), out.size)
-    return out
-
-
-def has_llamafile() -> bool:
-    """Whether ggml was built with GGML_LLAMAFILE (fast F32/F16/Q8_0/Q4_0 matmuls over many columns)."""
-    return bool(ggml.ggml_cpu_has_llamafile())
-
-
-def repackable(ggml_type: int, shape: Sequence[int]) -> bool:
-    """Whether CPU_REPACK has a kernel for this matrix on this CPU: ggml's own choice
-    (`ggml_repack_get_optimal_repack_type`) for the types our mixes hold. x86 with AVX2: Q4_0 and Q4_K
-    in multiples of 8 rows. ARM NEON with dotprod or i8mm: Q4_0 and Q8_0 in multiples of 4 rows, Q4_K,
-    Q5_K and Q6_K in multiples of 8. Where ggml has none, tensor_set into a CPU_REPACK buffer
-    dereferences a null kernel and segfaults: a Cortex-A72 (Raspberry Pi 4, NEON only), Q8_0/Q5_K/Q6_K
-    on x86, F16/F32 anywhere."""
-    if _cpu_repack_buffer_type() is None or len(shape) != 2:
-        return False
-    rows = shape[0]
-    if ggml.ggml_cpu_has_avx2():
-        return ggml_type in (GGML_TYPE_Q4_0, GGML_TYPE_Q4_K) and rows % 8 == 0
-    if ggml.ggml_cpu_has_neon() and (ggml.ggml_cpu_has_matmul_int8() or ggml.ggml_cpu_has_dotprod()):
-        if ggml_type in (GGML_TYPE_Q4_0, GGML_TYPE_Q8_0):
-            return rows % 4 == 0
-        return ggml_type in (GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K) and rows % 8 == 0
-    return False
-
-
-@functools.cache
-def _cpu_repack_buffer_type() -> int | None:
-    """ggml's CPU_REPACK buffer type (an extra buffer type of the CPU device), or None."""
-    reg = ggml.ggml_backend_cpu_reg()
-    address = ggml.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts")
-    if not address:
-        return None
-    get_extra = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(address)
-    bufts = get_extra(ggml.ggml_backend_reg_dev_get(reg, 0))
-    i = 0
-    while bufts and bufts[i]:
-        if ggml.ggml_backend_buft_name(bufts[i]) == b"CPU_REPACK":
-            return int(bufts[i])
-        i += 1
-    return None
 
 
 class StateStore(_TensorStore):
@@ -623,8 +388,8 @@ class StateStore(_TensorStore):
                 shape, ggml_type = spec  # type: ignore[misc]
             else:
                 shape, ggml_type = spec, GGML_TYPE_F32
-            shape = _check_shape(shape)  # type: ignore[arg-type]
-            _nbytes(ggml_type, shape)
+            shape = check_shape(shape)  # type: ignore[arg-type]
+            tensor_nbytes(ggml_type, shape)
             declared.append((name, int(ggml_type), shape))
         self._declare(declared)
         self._alloc_packed(backend, ggml.GGML_BACKEND_BUFFER_USAGE_ANY)
@@ -638,56 +403,10 @@ class StateStore(_TensorStore):
         shape, ggml_type = self._shapes[name], self._types[name]
         if tuple(array.shape) != shape:
             raise ValueError(f"{name}: shape {tuple(array.shape)} given, state holds {shape}")
-        dtype = _NUMPY_TYPES.get(ggml_type)
+        dtype = numpy_type(ggml_type)
         if dtype == np.float16 and array.dtype == np.float32:
             array = as_f16(array)
         self._write(name, np.asarray(array, dtype=dtype) if dtype is not None else array)
-
-
-def as_f16(a: np.ndarray) -> np.ndarray:
-    """float32 -> float16 with ggml's vectorised rows (numpy converts value by value, ~8x slower);
-    the same round-to-nearest-even."""
-    src = np.ascontiguousarray(a, dtype=np.float32)
-    out = np.empty(src.shape, np.float16)
-    ggml.ggml_cpu_fp32_to_fp16(
-        src.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
-        out.ctypes.data_as(ctypes.POINTER(ctypes.c_ushort)),
-        src.size,
-    )
-    return out
-
-
-class Graph:
-    """A compute graph under construction: build ops on `ctx`, declare inputs with `input`."""
-
-    def __init__(self, ctx: int, cgraph: Any) -> None:
-        self.ctx = ctx
-        self.cgraph = cgraph
-        self.inputs: dict[str, tuple[Tensor, tuple[int, ...], np.dtype]] = {}
-        self.fed: dict[str, np.ndarray] = {}
-
-    def input(self, name: str, shape: Sequence[int], dtype: Any = np.float32) -> Tensor:
-        """A new input tensor; `GraphRunner.run` fills it from `inputs[name]` (numpy order)."""
-        if name in self.inputs:
-            raise ValueError(f"graph input {name!r} declared twice")
-        shape = _check_shape(shape)
-        dtype = np.dtype(dtype)
-        t = _new_tensor(self.ctx, _ggml_type_for(dtype), shape)
-        ggml.ggml_set_name(t, name.encode()[: ggml.GGML_MAX_NAME - 1])
-        ggml.ggml_set_input(t)
-        self.inputs[name] = (t, shape, dtype)
-        return t
-
-    def feed(self, name: str, value: np.ndarray) -> Tensor:
-        """An input whose value is already known while building (positions, masks, indices)."""
-        value = np.ascontiguousarray(value)
-        t = self.input(name, value.shape, value.dtype)
-        self.fed[name] = value
-        return t
-
-    def expand(self, t: Tensor) -> None:
-        """Add `t` and what it depends on to the graph now (nodes run in the order added)."""
-        ggml.ggml_build_forward_expand(self.cgraph, t)
 
 
 @dataclass
@@ -713,9 +432,9 @@ class GraphRunner:
         self.backend = backend
         self.max_nodes = max_nodes
         self._kept: _BuiltGraph | None = None
-        # Every graph's context (tensor and node metadata, ~6 MB at 16384 nodes) lives in this one
-        # buffer, reused by each build: a fresh malloc per build comes, after glibc has raised its
-        # mmap threshold, from the heap, and a long stream's rebuilds grew the RSS by MBs.
+        # Every graph's context (tensor and node metadata, MBs at 16384 nodes) lives in this one
+        # buffer, reused by each build: a fresh malloc per build would come from the heap once glibc
+        # has raised its mmap threshold, and a long stream's rebuilds would grow the RSS.
         self._ctx_size = ggml.ggml_tensor_overhead() * max_nodes + ggml.ggml_graph_overhead_custom(max_nodes, False)
         self._ctx_memory: np.ndarray | None = None
         self._galloc = ggml.ggml_gallocr_new(ggml.ggml_backend_get_default_buffer_type(backend.handle))
@@ -755,9 +474,9 @@ class GraphRunner:
     def _build(self, build: Callable[[Graph], Mapping[str, Tensor]]) -> _BuiltGraph:
         if self._ctx_memory is None:  # ggml_init asserts GGML_MEM_ALIGN (16); start on a cache line
             raw = np.empty(self._ctx_size + 64, np.uint8)
-            start = -_address(raw) % 64
+            start = -address(raw) % 64
             self._ctx_memory = raw[start : start + self._ctx_size]
-        params = ggml.ggml_init_params(mem_size=self._ctx_size, mem_buffer=_address(self._ctx_memory), no_alloc=True)
+        params = ggml.ggml_init_params(mem_size=self._ctx_size, mem_buffer=address(self._ctx_memory), no_alloc=True)
         ctx = ggml.ggml_init(params)
         if not ctx:
             raise MemoryError("ggml_init failed")
@@ -767,7 +486,7 @@ class GraphRunner:
             for name, t in outputs.items():
                 # A view does not keep its parent alive in gallocr, which may hand the parent's memory
                 # to later nodes: outputs that are views are copied out.
-                if t.contents.view_src or not ggml.ggml_is_contiguous(t):
+                if is_view(t) or not ggml.ggml_is_contiguous(t):
                     t = outputs[name] = ggml.ggml_cont(ctx, t)
                 ggml.ggml_set_output(t)
                 g.expand(t)
@@ -781,11 +500,11 @@ class GraphRunner:
     def _compute(self, built: _BuiltGraph, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         g = built.graph
         for name, a in arrays.items():
-            ggml.ggml_backend_tensor_set(g.inputs[name][0], _address(a), 0, a.nbytes)
+            ggml.ggml_backend_tensor_set(g.inputs[name][0], address(a), 0, a.nbytes)
         status = ggml.ggml_backend_graph_compute(self.backend.handle, g.cgraph)
         if status != ggml.GGML_STATUS_SUCCESS:
             raise RuntimeError(f"ggml_backend_graph_compute failed with status {status}")
-        return {name: _read(t) for name, t in built.outputs.items()}
+        return {name: read_tensor(t) for name, t in built.outputs.items()}
 
     @staticmethod
     def _check_inputs(g: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -813,55 +532,3 @@ class GraphRunner:
 
     def __del__(self) -> None:
         self.close()
-
-
-def _address(a: np.ndarray) -> int:
-    """The data pointer of an array; `a.ctypes.data` leaves a small object behind on every call,
-    which grows the heap by a few KB per hundred frames in a per-frame loop."""
-    return a.__array_interface__["data"][0]
-
-
-def _read(t: Tensor) -> np.ndarray:
-    dtype = _NUMPY_TYPES.get(ggml_type_of(t))
-    if dtype is None:
-        raise TypeError(f"graph output of ggml type {ggml_type_of(t)} cannot be read as numpy")
-    out = np.empty(tensor_shape(t), dtype=dtype)
-    ggml.ggml_backend_tensor_get(t, _address(out), 0, out.nbytes)
-    return out
-
-
-_MIN_ROWS_PER_CHUNK = 64
-
-
-def quantize_rows(matrix: np.ndarray, qtype: GGMLType) -> np.ndarray:
-    """Quantize a 2-D float32 array row by row with ggml's kernels (the `gguf` package quantizes only
-    Q8_0/Q4_0); returns the raw blocks as uint8 [rows, row_bytes]. Rows must be whole blocks (checked
-    here: ggml would abort the interpreter)."""
-    if matrix.ndim != 2 or matrix.dtype != np.float32:
-        raise QuantizationError(f"quantize_rows needs a 2-D float32 array, got {matrix.dtype} {matrix.shape}")
-    rows, n_per_row = matrix.shape
-    block, type_size = QUANT_SIZES[qtype]
-    if n_per_row % block:
-        raise QuantizationError(f"rows of {n_per_row} are not a multiple of {qtype.name}'s block of {block}")
-    if not np.isfinite(matrix).all():
-        raise QuantizationError("cannot quantize a tensor holding NaN or Inf")
-    src = np.ascontiguousarray(matrix)
-    row_bytes = n_per_row // block * type_size
-    dst = np.empty((rows, row_bytes), dtype=np.uint8)
-    src_p = src.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-    dst_p = dst.ctypes.data_as(ctypes.c_void_p)
-
-    def chunk(first: int, count: int) -> int:
-        # ctypes releases the GIL during the call, so chunks run in parallel
-        return ggml.ggml_quantize_chunk(int(qtype), src_p, dst_p, first * n_per_row, count, n_per_row, None)
-
-    n_chunks = max(1, min(os.cpu_count() or 1, rows // _MIN_ROWS_PER_CHUNK))
-    bounds = np.linspace(0, rows, n_chunks + 1).astype(int)
-    if n_chunks == 1:
-        written = chunk(0, rows)
-    else:
-        with ThreadPoolExecutor(n_chunks) as pool:
-            written = sum(pool.map(chunk, bounds[:-1], np.diff(bounds)))
-    if written != dst.nbytes:
-        raise QuantizationError(f"ggml wrote {written} bytes for {qtype.name}, expected {dst.nbytes}")
-    return dst

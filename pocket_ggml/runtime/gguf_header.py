@@ -3,8 +3,8 @@
 gguf-py's `GGUFReader` trusts the counts it reads: an array count of 2^60 makes it loop (and append a
 numpy view per element) until the process dies, a string or dimension count past the end of the file
 yields short views that fail later with assorted exceptions, and nothing checks that tensor data lies
-in the file or that tensors do not overlap; it also takes ~90 ms to build a numpy view per field part
-of a pocket-tts file. `scan_gguf(path)` reads the header with every count, length and offset checked
+in the file or that tensors do not overlap; it also builds a numpy view per field part, which is slow
+for a pocket-tts file. `scan_gguf(path)` reads the header with every count, length and offset checked
 against the bytes that follow it and against fixed caps, decodes the metadata values, and raises
 `ModelFileError` at the first inconsistency. Nothing is allocated in proportion to a count the file
 claims, only to bytes it actually holds.
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pocket_ggml.errors import ModelFileError
-from pocket_ggml.format.ggml_types import QUANT_SIZES, GGMLType, GGUFValueType
+from pocket_ggml.format.ggml_types import QUANT_SIZES, GGMLType, GGUFValueType, tensor_nbytes
+from pocket_ggml.format.gguf_keys import Keys
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)  # same layout; gguf-py reads both
@@ -64,10 +65,6 @@ class KVInfo:
     item_type: GGUFValueType | None = None
     count: int | None = None
     value: int | float | bool | str | list | None = None
-
-    def contents(self) -> int | float | bool | str | list | None:
-        """The value, as gguf-py's `ReaderField.contents()` gives it."""
-        return self.value
 
 
 @dataclass(frozen=True)
@@ -160,6 +157,19 @@ def scan_gguf(path: str | Path, where: str | None = None) -> GGUFHeader:
 
 
 def _scan(c: _Cursor) -> GGUFHeader:
+    version, n_tensors, n_kv = _read_preamble(c)
+    kv = _read_metadata(c, n_kv)
+    alignment = _alignment(c, kv)
+    infos = _read_tensor_infos(c, n_tensors)
+    data_offset = -(-c.pos // alignment) * alignment
+    if data_offset > c.size:
+        raise c.fail(f"the tensor data section would start at byte {data_offset}, past the end ({c.size} bytes)")
+    tensors = _place_tensors(c, infos, data_offset, alignment)
+    return GGUFHeader(version, c.size, alignment, data_offset, kv, tensors)
+
+
+def _read_preamble(c: _Cursor) -> tuple[int, int, int]:
+    """Magic and version, then the tensor and metadata counts, each bounded by the bytes left."""
     magic = bytes(c.buf[0:4])
     if magic != GGUF_MAGIC:
         raise c.fail(f"not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
@@ -179,7 +189,11 @@ def _scan(c: _Cursor) -> GGUFHeader:
         raise c.fail(f"{n_kv} metadata pairs claimed; at most {min(MAX_KV, rest // 13)} fit (corrupt header)")
     if n_tensors > MAX_TENSORS or n_tensors * 32 > rest:
         raise c.fail(f"{n_tensors} tensors claimed; at most {min(MAX_TENSORS, rest // 32)} fit (corrupt header)")
+    return version, n_tensors, n_kv
 
+
+def _read_metadata(c: _Cursor, n_kv: int) -> dict[str, KVInfo]:
+    """The metadata pairs, decoded; array items count against MAX_ARRAY_ITEMS over all arrays."""
     kv: dict[str, KVInfo] = {}
     array_items = 0
     for i in range(n_kv):
@@ -191,47 +205,63 @@ def _scan(c: _Cursor) -> GGUFHeader:
         if vtype == GGUFValueType.STRING:
             kv[key] = KVInfo(key, at, vtype, value=c.text(f"value of {key!r}", None))
         elif vtype == GGUFValueType.ARRAY:
-            itype = _value_type(c.u32(f"item type of {key!r}"), c, f"array {key!r}")
-            count = c.u64(f"item count of {key!r}")
-            if itype == GGUFValueType.ARRAY:
-                raise c.fail(f"metadata key {key!r} is a nested array (not used by pocket-tts files)")
-            item_min = 8 if itype == GGUFValueType.STRING else struct.calcsize("<" + _SCALAR_FORMATS[itype])
-            array_items += count
-            if array_items > MAX_ARRAY_ITEMS or count * item_min > c.size - c.pos:
-                raise c.fail(
-                    f"array {key!r} claims {count} items; the file holds at most {(c.size - c.pos) // item_min} "
-                    f"(and metadata arrays at most {MAX_ARRAY_ITEMS} items in all)"
-                )
-            if itype == GGUFValueType.STRING:
-                items: list = [c.text(f"item {j} of {key!r}", None) for j in range(count)]
-            else:
-                fmt = f"<{count}{_SCALAR_FORMATS[itype]}"
-                c.need(count * item_min, f"items of {key!r}")
-                items = list(struct.unpack_from(fmt, c.buf, c.pos))
-                c.pos += count * item_min
-                if itype == GGUFValueType.BOOL:
-                    if any(v not in (0, 1) for v in items):
-                        raise c.fail(f"array {key!r}: a boolean byte is neither 0 nor 1")
-                    items = [bool(v) for v in items]
-            kv[key] = KVInfo(key, at, vtype, itype, count, items)
+            kv[key] = _read_array(c, key, at, MAX_ARRAY_ITEMS - array_items)
+            array_items += kv[key].count  # type: ignore[operator]
         else:
-            fmt = _SCALAR_FORMATS[vtype]
-            value = c.unpack(fmt, f"value of {key!r}")
-            if vtype == GGUFValueType.BOOL:
-                if value not in (0, 1):
-                    raise c.fail(f"metadata key {key!r}: boolean byte {value} is neither 0 nor 1")
-                value = bool(value)
-            kv[key] = KVInfo(key, at, vtype, value=value)
+            kv[key] = KVInfo(key, at, vtype, value=_read_scalar(c, key, vtype))
+    return kv
 
-    alignment = DEFAULT_ALIGNMENT
-    align_kv = kv.get("general.alignment")
-    if align_kv is not None:
-        if align_kv.value_type != GGUFValueType.UINT32:
-            raise c.fail("general.alignment must be a UINT32")
-        alignment = int(align_kv.value)  # type: ignore[arg-type]
-        if alignment <= 0 or alignment & (alignment - 1):
-            raise c.fail(f"general.alignment {alignment} is not a power of two")
 
+def _read_scalar(c: _Cursor, key: str, vtype: GGUFValueType) -> int | float | bool:
+    value = c.unpack(_SCALAR_FORMATS[vtype], f"value of {key!r}")
+    if vtype == GGUFValueType.BOOL:
+        if value not in (0, 1):
+            raise c.fail(f"metadata key {key!r}: boolean byte {value} is neither 0 nor 1")
+        value = bool(value)
+    return value
+
+
+def _read_array(c: _Cursor, key: str, at: int, items_left: int) -> KVInfo:
+    """An array value of at most `items_left` items (none nested)."""
+    itype = _value_type(c.u32(f"item type of {key!r}"), c, f"array {key!r}")
+    count = c.u64(f"item count of {key!r}")
+    if itype == GGUFValueType.ARRAY:
+        raise c.fail(f"metadata key {key!r} is a nested array (not used by pocket-tts files)")
+    item_min = 8 if itype == GGUFValueType.STRING else struct.calcsize("<" + _SCALAR_FORMATS[itype])
+    if count > items_left or count * item_min > c.size - c.pos:
+        raise c.fail(
+            f"array {key!r} claims {count} items; the file holds at most {(c.size - c.pos) // item_min} "
+            f"(and metadata arrays at most {MAX_ARRAY_ITEMS} items in all)"
+        )
+    if itype == GGUFValueType.STRING:
+        items: list = [c.text(f"item {j} of {key!r}", None) for j in range(count)]
+    else:
+        fmt = f"<{count}{_SCALAR_FORMATS[itype]}"
+        c.need(count * item_min, f"items of {key!r}")
+        items = list(struct.unpack_from(fmt, c.buf, c.pos))
+        c.pos += count * item_min
+        if itype == GGUFValueType.BOOL:
+            if any(v not in (0, 1) for v in items):
+                raise c.fail(f"array {key!r}: a boolean byte is neither 0 nor 1")
+            items = [bool(v) for v in items]
+    return KVInfo(key, at, GGUFValueType.ARRAY, itype, count, items)
+
+
+def _alignment(c: _Cursor, kv: dict[str, KVInfo]) -> int:
+    """`general.alignment` (a power of two), or the default."""
+    align_kv = kv.get(Keys.ALIGNMENT)
+    if align_kv is None:
+        return DEFAULT_ALIGNMENT
+    if align_kv.value_type != GGUFValueType.UINT32:
+        raise c.fail(f"{Keys.ALIGNMENT} must be a UINT32")
+    alignment = int(align_kv.value)  # type: ignore[arg-type]
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise c.fail(f"{Keys.ALIGNMENT} {alignment} is not a power of two")
+    return alignment
+
+
+def _read_tensor_infos(c: _Cursor, n_tensors: int) -> list[tuple[str, GGMLType, tuple[int, ...], int, int]]:
+    """(name, type, numpy-order shape, offset in the data section, byte size) of each tensor."""
     infos = []
     names: set[str] = set()
     for i in range(n_tensors):
@@ -246,7 +276,7 @@ def _scan(c: _Cursor) -> GGUFHeader:
         raw_type = c.u32(f"type of {name!r}")
         try:
             ggml_type = GGMLType(raw_type)
-            block, type_size = QUANT_SIZES[ggml_type]
+            block = QUANT_SIZES[ggml_type][0]
         except (ValueError, KeyError):
             raise c.fail(f"tensor {name!r} has unknown ggml type {raw_type}") from None
         rel = c.u64(f"data offset of {name!r}")
@@ -254,15 +284,15 @@ def _scan(c: _Cursor) -> GGUFHeader:
             raise c.fail(f"tensor {name!r} has an empty dimension (ne {ne})")
         if ne[0] % block:
             raise c.fail(f"tensor {name!r}: rows of {ne[0]} are not whole {ggml_type.name} blocks of {block}")
-        n_elems = 1
-        for d in ne:
-            n_elems *= d  # Python ints: no overflow, however large the claimed dimensions
-        nbytes = n_elems // block * type_size
-        infos.append((name, ggml_type, tuple(reversed(ne)), rel, nbytes))
+        shape = tuple(reversed(ne))  # Python ints: no overflow, however large the claimed dimensions
+        infos.append((name, ggml_type, shape, rel, tensor_nbytes(ggml_type, shape)))
+    return infos
 
-    data_offset = -(-c.pos // alignment) * alignment
-    if data_offset > c.size:
-        raise c.fail(f"the tensor data section would start at byte {data_offset}, past the end ({c.size} bytes)")
+
+def _place_tensors(
+    c: _Cursor, infos: list[tuple[str, GGMLType, tuple[int, ...], int, int]], data_offset: int, alignment: int
+) -> list[TensorInfo]:
+    """Each tensor's data aligned, within the file, and overlapping no other's."""
     tensors = []
     for name, ggml_type, shape, rel, nbytes in infos:
         if rel % alignment:
@@ -280,4 +310,4 @@ def _scan(c: _Cursor) -> GGUFHeader:
     for a, b in zip(by_offset, by_offset[1:]):
         if a.offset + a.nbytes > b.offset:
             raise c.fail(f"the data of tensors {a.name!r} and {b.name!r} overlap")
-    return GGUFHeader(version, c.size, alignment, data_offset, kv, tensors)
+    return tensors

@@ -22,20 +22,32 @@ from collections import ChainMap
 from dataclasses import dataclass
 from typing import Literal, overload
 
-import ggml
 import numpy as np
 
 from pocket_ggml.errors import AudioError, LatentError, VoiceCloningUnavailable
 from pocket_ggml.format.config import PocketConfig
 from pocket_ggml.format.names import expected_tensors
-from pocket_ggml.ggml_graphs.attention import AttentionPlan, KVCache, attention_arrays, attention_inputs
+from pocket_ggml.ggml_binding import (
+    GGML_TYPE_F16,
+    GGML_TYPE_F32,
+    GGML_TYPE_Q4_K,
+    GGML_TYPE_Q5_K,
+    GGML_TYPE_Q6_K,
+    Tensor,
+    as_f16,
+    dequantize,
+    ggml,
+    has_llamafile,
+)
+from pocket_ggml.ggml_graphs.attention import AttentionPlan, attention_arrays, attention_inputs
 from pocket_ggml.ggml_graphs.conv import (
     channel_fast_kernel,
     channel_fast_kernel_tr,
     conv1d_history,
-    rows,
     streaming_conv1d,
+    time_slice,
 )
+from pocket_ggml.ggml_graphs.graph import Graph
 from pocket_ggml.ggml_graphs.mimi_resample import (
     DOWNSAMPLE,
     conv_downsample,
@@ -54,24 +66,9 @@ from pocket_ggml.ggml_graphs.seanet import (
     seanet_encoder_plan,
     seanet_state_shapes,
 )
-from pocket_ggml.ggml_graphs.transformer import TransformerShape, kv_cache_specs, layer_caches, projected_transformer
-from pocket_ggml.runtime.ggml_backend import (
-    GGML_TYPE_F16,
-    GGML_TYPE_F32,
-    GGML_TYPE_Q4_K,
-    GGML_TYPE_Q5_K,
-    GGML_TYPE_Q6_K,
-    CpuBackend,
-    Graph,
-    GraphRunner,
-    RawTensor,
-    StateStore,
-    Tensor,
-    WeightStore,
-    as_f16,
-    dequantize,
-    has_llamafile,
-)
+from pocket_ggml.ggml_graphs.transformer import TransformerShape, projected_transformer
+from pocket_ggml.runtime.ggml_backend import CpuBackend, GraphRunner, RawTensor, StateStore, WeightStore
+from pocket_ggml.runtime.kv_cache import KVCache, kv_cache_specs, layer_caches
 
 DECODER_TRANSFORMER = "decoder_transformer"  # module names under MimiModel (weights and KV state)
 ENCODER_TRANSFORMER = "encoder_transformer"
@@ -414,7 +411,7 @@ class MimiEncoder:
             )
             if first:  # the reference pads the start by repeating the first step (pad_mode "replicate")
                 latents = conv_downsample(g, w, m, y)
-                g.expand(ggml.ggml_cpy(g.ctx, rows(g, y, steps - history, history), previous))
+                g.expand(ggml.ggml_cpy(g.ctx, time_slice(g, y, steps - history, history), previous))
             else:
                 kernel = weight(
                     w, f"mimi.{DOWNSAMPLE}.conv.weight", (m.speaker_dim, m.encoder_seanet.dimension * 2 * stride)

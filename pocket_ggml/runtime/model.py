@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pocket_ggml.format.names import Role, from_gguf
+from pocket_ggml.ggml_binding import GGML_TYPE_F16, GGML_TYPE_F32, repackable
 from pocket_ggml.runtime.build_check import warn_if_slow_build
 from pocket_ggml.runtime.flow_lm import FlowLM, FlowLMSnapshot, sample_noise
 from pocket_ggml.runtime.generate import (
@@ -25,7 +26,7 @@ from pocket_ggml.runtime.generate import (
     frames_after_eos_for,
     generate_latents,
 )
-from pocket_ggml.runtime.ggml_backend import GGML_TYPE_F16, GGML_TYPE_F32, CpuBackend, WeightStore, repackable
+from pocket_ggml.runtime.ggml_backend import CpuBackend, WeightStore
 from pocket_ggml.runtime.mimi import MimiDecoder, MimiEncoder
 from pocket_ggml.runtime.model_file import ModelFile
 from pocket_ggml.runtime.text import Tokenizer, prepare_text_prompt

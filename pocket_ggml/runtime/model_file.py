@@ -21,14 +21,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from pocket_ggml.errors import ModelFileError, PocketError
-from pocket_ggml.format.config import PocketConfig
-from pocket_ggml.format.ggml_types import QUANT_SIZES, GGMLType, GGUFValueType
+from pocket_ggml.format.config import MimiConfig, MimiTransformerConfig, PocketConfig, SEANetConfig
+from pocket_ggml.format.ggml_types import NUMPY_TYPES, QUANT_SIZES, TENSOR_TYPES, GGMLType, GGUFValueType
+from pocket_ggml.format.gguf_keys import (
+    CONFIG_KEYS,
+    TOKENIZER_KINDS,
+    TOKENIZER_TENSOR,
+    VOICE_NAME_RX,
+    VOICE_TENSOR_PREFIX,
+    VOICE_TENSOR_RX,
+    WEIGHTS_KINDS,
+    FileInfo,
+    Keys,
+    Kind,
+)
 from pocket_ggml.format.names import (
     Role,
     expected_tensors,
@@ -37,21 +49,13 @@ from pocket_ggml.format.names import (
     stored_shape,
     to_released_layout,
 )
-from pocket_ggml.quantize.gguf_format import (
-    TOKENIZER_TENSOR,
-    VOICE_TENSOR_PREFIX,
-    FileInfo,
-    Keys,
-    _mimi_tr_key,
-    _seanet_key,
-    read_metadata,
-)
-from pocket_ggml.quantize.policy import TENSOR_TYPES
-from pocket_ggml.runtime.ggml_backend import CpuBackend, TensorSpec, WeightStore, dequantize
+from pocket_ggml.format.tokenizer import check_tokenizer
+from pocket_ggml.ggml_binding import dequantize
+from pocket_ggml.runtime.ggml_backend import CpuBackend, TensorSpec, WeightStore
 from pocket_ggml.runtime.gguf_header import GGUFHeader, TensorInfo, scan_gguf
+from pocket_ggml.runtime.gguf_metadata import read_metadata
 
 T = GGMLType
-_NUMPY_TYPES = {T.F32: np.dtype(np.float32), T.F16: np.dtype(np.float16), T.I8: np.dtype(np.int8)}
 _WEIGHT_TYPES = set(TENSOR_TYPES.values())
 
 # Caps on hyperparameters, far above any released config (english: d_model 1024, 6 layers, vocab
@@ -87,16 +91,11 @@ MAX_REPLACEMENTS = 4096
 # assumes and how many items may reach it (validate() multiplies the ratios: 65536 ratios of 2^63
 # take a minute to multiply).
 _ARRAYS = {
-    **{_seanet_key(side, "ratios"): (_INT_TYPES, MAX_RATIOS) for side in ("encoder", "decoder")},
-    **{_mimi_tr_key(side, "output_dimensions"): (_INT_TYPES, MAX_RATIOS) for side in ("encoder", "decoder")},
+    **{key: (_INT_TYPES, MAX_RATIOS) for key in CONFIG_KEYS if key.kind is Kind.INT_ARRAY},
     Keys.REPLACE_FROM: ({GGUFValueType.STRING}, MAX_REPLACEMENTS),
     Keys.REPLACE_TO: ({GGUFValueType.STRING}, MAX_REPLACEMENTS),
     Keys.VOICE_NAMES: ({GGUFValueType.STRING}, MAX_VOICES),
 }
-_VOICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,40}")
-_VOICE_TENSOR = re.compile(re.escape(VOICE_TENSOR_PREFIX) + r"(?P<voice>.*)\.(?P<kind>[kv])")
-TOKENIZER_KINDS = ("sentencepiece", "tokenizers")
-WEIGHTS_KINDS = ("released", "synthetic")
 
 
 def _one_line(msg: str) -> str:
@@ -158,7 +157,7 @@ class ModelFile:
         if info.weights_kind not in WEIGHTS_KINDS:
             raise ModelFileError(f"{where}: unknown weights kind {info.weights_kind!r}")
         names = info.voice_names
-        if len(set(names)) != len(names) or not all(isinstance(n, str) and _VOICE_NAME.fullmatch(n) for n in names):
+        if len(set(names)) != len(names) or not all(isinstance(n, str) and VOICE_NAME_RX.fullmatch(n) for n in names):
             raise ModelFileError(f"{where}: stored voice names must be unique and match [A-Za-z0-9_-]{{1,40}}")
         count = self.header.kv.get(Keys.VOICE_COUNT)
         if count is not None and count.value != len(names):
@@ -205,8 +204,8 @@ class ModelFile:
         for name, t in self.tensors.items():
             if not name.startswith(VOICE_TENSOR_PREFIX):
                 continue
-            m = _VOICE_TENSOR.fullmatch(name)
-            if m is None or not _VOICE_NAME.fullmatch(m["voice"]):
+            m = VOICE_TENSOR_RX.fullmatch(name)
+            if m is None or not VOICE_NAME_RX.fullmatch(m["voice"]):
                 raise ModelFileError(f"{where}: unexpected tensor {name}")
             shape = self.stored_shape(name)
             if t.ggml_type != T.F32 or len(shape) != 3 or shape[0] != f.num_layers or shape[2] != f.kv_dim:
@@ -224,7 +223,6 @@ class ModelFile:
             )
 
     def _check_tokenizer(self, where: str) -> None:
-        from pocket_ggml.quantize.convert import check_tokenizer
 
         try:
             check_tokenizer(self.tokenizer_bytes(), self.info.tokenizer_kind, self.config.flow_lm.n_bins)
@@ -258,7 +256,7 @@ class ModelFile:
         one row of bytes per row), as a read-only view of the mapped file."""
         t = self.tensors[gguf_name]
         data = self._map[t.offset : t.offset + t.nbytes]
-        dtype = _NUMPY_TYPES.get(t.ggml_type)
+        dtype = NUMPY_TYPES.get(t.ggml_type)
         if dtype is not None:
             return data.view(dtype).reshape(t.shape)
         return data.reshape(*t.shape[:-1], -1)
@@ -287,11 +285,32 @@ def check_config(cfg: PocketConfig, where: str, n_tensors: int | None = None) ->
 
     `n_tensors` (the file's tensor count) bounds the layer counts before the expected tensors are
     listed, so a claimed billion layers is rejected at once rather than enumerated."""
-    f, m, g = cfg.flow_lm, cfg.mimi, cfg.generation
 
     def fail(msg: str) -> ModelFileError:
         return ModelFileError(f"{where}: metadata out of range: {msg}")
 
+    _check_numbers(cfg, fail)
+    _check_layer_counts(cfg, MAX_LAYERS if n_tensors is None else min(MAX_LAYERS, n_tensors), fail)
+    m = cfg.mimi
+    for side, sn, tr in (
+        ("encoder", m.encoder_seanet, m.encoder_transformer),
+        ("decoder", m.decoder_seanet, m.decoder_transformer),
+    ):
+        _check_mimi_side(side, sn, tr, m.channels, fail)
+    _check_mimi_widths(m, fail)
+    if not 0.0 <= cfg.generation.temperature <= MAX_TEMPERATURE:
+        raise fail(f"default temperature {cfg.generation.temperature}")
+    for a, _ in cfg.text.replace_characters:
+        if len(a) != 1:
+            raise fail(f"text replacement of {a!r}: only single characters are replaced")
+
+
+_Fail = Callable[[str], ModelFileError]
+
+
+def _check_numbers(cfg: PocketConfig, fail: _Fail) -> None:
+    """Every integer of the config within 0..MAX_SIZE, every real finite."""
+    f, m = cfg.flow_lm, cfg.mimi
     for section, obj in (
         ("flow_lm", f),
         ("mimi", m),
@@ -299,7 +318,7 @@ def check_config(cfg: PocketConfig, where: str, n_tensors: int | None = None) ->
         ("mimi decoder seanet", m.decoder_seanet),
         ("mimi encoder transformer", m.encoder_transformer),
         ("mimi decoder transformer", m.decoder_transformer),
-        ("generation", g),
+        ("generation", cfg.generation),
     ):
         for fld in dataclasses.fields(obj):
             v = getattr(obj, fld.name)
@@ -311,7 +330,10 @@ def check_config(cfg: PocketConfig, where: str, n_tensors: int | None = None) ->
                     raise fail(f"{section}.{fld.name} = {v} (0 to {MAX_SIZE})")
                 if isinstance(x, float) and not math.isfinite(x):
                     raise fail(f"{section}.{fld.name} = {v} is not finite")
-    layer_cap = MAX_LAYERS if n_tensors is None else min(MAX_LAYERS, n_tensors)
+
+
+def _check_layer_counts(cfg: PocketConfig, layer_cap: int, fail: _Fail) -> None:
+    f, m = cfg.flow_lm, cfg.mimi
     for what, n in (
         ("flow_lm.num_layers", f.num_layers),
         ("flow_lm.flow_depth", f.flow_depth),
@@ -320,32 +342,36 @@ def check_config(cfg: PocketConfig, where: str, n_tensors: int | None = None) ->
     ):
         if n > layer_cap:
             raise fail(f"{what} = {n}, the file has room for at most {layer_cap}")
-    for side, sn, tr in (
-        ("encoder", m.encoder_seanet, m.encoder_transformer),
-        ("decoder", m.decoder_seanet, m.decoder_transformer),
-    ):
-        if sn.n_residual_layers > MAX_RESIDUAL_LAYERS or len(sn.ratios) > MAX_RATIOS:
-            raise fail(f"mimi {side} seanet: {sn.n_residual_layers} residual layers, {len(sn.ratios)} ratios")
-        if sn.channels != m.channels:
-            raise fail(f"mimi {side} seanet has {sn.channels} audio channels, mimi {m.channels}")
-        dilation = sn.dilation_base ** max(sn.n_residual_layers - 1, 0)
-        if (sn.residual_kernel_size - 1) * dilation >= MAX_CONV_HISTORY:
-            raise fail(f"mimi {side} seanet: kernel {sn.residual_kernel_size} at dilation {dilation}")
-        if sn.n_filters * 2 ** len(sn.ratios) > MAX_SIZE:
-            raise fail(f"mimi {side} seanet: {sn.n_filters} filters doubled {len(sn.ratios)} times")
-        # The transformer reads the SEANet's (or the upsample's) channels and hands back the same width.
-        if tr.input_dimension != sn.dimension or tr.output_dimensions != (sn.dimension,):
-            raise fail(
-                f"mimi {side} transformer maps {tr.input_dimension} -> {tr.output_dimensions}, "
-                f"the seanet needs {sn.dimension} -> ({sn.dimension},)"
-            )
-        if not tr.max_period > 0:
-            raise fail(f"mimi {side} transformer max_period {tr.max_period}")
-        if tr.context > MAX_CONTEXT:
-            raise fail(f"mimi {side} transformer context {tr.context} (at most {MAX_CONTEXT})")
-        kv_bytes = 2 * 4 * (tr.context + _MIMI_KV_ROWS) * tr.d_model * tr.num_layers
-        if kv_bytes > MAX_STATE_BYTES:
-            raise fail(f"mimi {side} transformer KV cache of {kv_bytes} bytes (at most {MAX_STATE_BYTES})")
+
+
+def _check_mimi_side(side: str, sn: SEANetConfig, tr: MimiTransformerConfig, channels: int, fail: _Fail) -> None:
+    """One side's SEANet and transformer: bounded state, and widths that chain."""
+    if sn.n_residual_layers > MAX_RESIDUAL_LAYERS or len(sn.ratios) > MAX_RATIOS:
+        raise fail(f"mimi {side} seanet: {sn.n_residual_layers} residual layers, {len(sn.ratios)} ratios")
+    if sn.channels != channels:
+        raise fail(f"mimi {side} seanet has {sn.channels} audio channels, mimi {channels}")
+    dilation = sn.dilation_base ** max(sn.n_residual_layers - 1, 0)
+    if (sn.residual_kernel_size - 1) * dilation >= MAX_CONV_HISTORY:
+        raise fail(f"mimi {side} seanet: kernel {sn.residual_kernel_size} at dilation {dilation}")
+    if sn.n_filters * 2 ** len(sn.ratios) > MAX_SIZE:
+        raise fail(f"mimi {side} seanet: {sn.n_filters} filters doubled {len(sn.ratios)} times")
+    # The transformer reads the SEANet's (or the upsample's) channels and hands back the same width.
+    if tr.input_dimension != sn.dimension or tr.output_dimensions != (sn.dimension,):
+        raise fail(
+            f"mimi {side} transformer maps {tr.input_dimension} -> {tr.output_dimensions}, "
+            f"the seanet needs {sn.dimension} -> ({sn.dimension},)"
+        )
+    if not tr.max_period > 0:
+        raise fail(f"mimi {side} transformer max_period {tr.max_period}")
+    if tr.context > MAX_CONTEXT:
+        raise fail(f"mimi {side} transformer context {tr.context} (at most {MAX_CONTEXT})")
+    kv_bytes = 2 * 4 * (tr.context + _MIMI_KV_ROWS) * tr.d_model * tr.num_layers
+    if kv_bytes > MAX_STATE_BYTES:
+        raise fail(f"mimi {side} transformer KV cache of {kv_bytes} bytes (at most {MAX_STATE_BYTES})")
+
+
+def _check_mimi_widths(m: MimiConfig, fail: _Fail) -> None:
+    """The quantizer and the upsample feed the decoder its width; the runtime needs an upsample."""
     dec = m.decoder_seanet.dimension
     if m.quantizer_output_dim != dec or (m.outer_dim or dec) != dec:
         raise fail(f"mimi quantizer output {m.quantizer_output_dim} / outer dim {m.outer_dim} != decoder width {dec}")
@@ -353,8 +379,3 @@ def check_config(cfg: PocketConfig, where: str, n_tensors: int | None = None) ->
         raise fail(f"mimi resample stride {m.resample_stride}: this runtime needs an upsample (stride >= 2)")
     if m.sample_rate < 1:
         raise fail(f"mimi sample rate {m.sample_rate}")
-    if not 0.0 <= g.temperature <= MAX_TEMPERATURE:
-        raise fail(f"default temperature {g.temperature}")
-    for a, _ in cfg.text.replace_characters:
-        if len(a) != 1:
-            raise fail(f"text replacement of {a!r}: only single characters are replaced")

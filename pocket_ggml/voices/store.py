@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pocket_ggml.errors import VoiceStateError
-from pocket_ggml.quantize.gguf_format import voice_tensor_name
+from pocket_ggml.format.gguf_keys import voice_tensor_name
 from pocket_ggml.runtime.flow_lm import FlowLMSnapshot
 from pocket_ggml.runtime.model import PocketRuntime
 from pocket_ggml.runtime.model_file import ModelFile

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: _gguf_corpus
 
-from _gguf_corpus import layout, use  # noqa: E402
+from _gguf_corpus import layout, use
 
 from pocket_ggml.errors import ModelFileError, PocketError  # noqa: E402
 from pocket_ggml.runtime.model_file import UNANTICIPATED, ModelFile  # noqa: E402

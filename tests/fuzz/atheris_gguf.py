@@ -24,7 +24,7 @@ with atheris.instrument_imports(
     include=[
         "pocket_ggml.runtime.gguf_header",
         "pocket_ggml.runtime.model_file",
-        "pocket_ggml.quantize.gguf_format",
+        "pocket_ggml.runtime.gguf_metadata",
     ]
 ):
     from _fuzz_common import check_file, structure
