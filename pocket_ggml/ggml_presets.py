@@ -26,7 +26,10 @@ from pathlib import Path
 PRESETS: dict[str, tuple[str, str]] = {
     "x86-native": ("-DGGML_LLAMAFILE=ON", "this machine's CPU only (what .ci/run builds)"),
     "x86-portable": (
-        "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_LLAMAFILE=ON",
+        (
+            "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON "
+            "-DGGML_LLAMAFILE=ON"
+        ),
         "x86-64-v3: Haswell (2013) / Zen and later",
     ),
     "x86-baseline": (

@@ -313,10 +313,19 @@ def build_cases(layouts: dict[str, dict]) -> list[dict]:
     lm_h, lm_kv = Keys.LM_HEADS, Keys.LM_KV_HEADS
     for heads, kv_heads in ((6, 2), (12, 4), (48, 16)):  # head_dim 32 / 16 / 4: same tensor shapes
         add("meta-ok", "rewrite", {"kv_set": {lm_h: [heads, "UINT32", None], lm_kv: [kv_heads, "UINT32", None]}}, "ok")
-    dec_tr = lambda f: config_key(f"mimi.decoder_transformer.{f}")
-    enc_tr = lambda f: config_key(f"mimi.encoder_transformer.{f}")
-    dec_sn = lambda f: config_key(f"mimi.decoder_seanet.{f}")
-    enc_sn = lambda f: config_key(f"mimi.encoder_seanet.{f}")
+
+    def dec_tr(field):
+        return config_key(f"mimi.decoder_transformer.{field}")
+
+    def enc_tr(field):
+        return config_key(f"mimi.encoder_transformer.{field}")
+
+    def dec_sn(field):
+        return config_key(f"mimi.decoder_seanet.{field}")
+
+    def enc_sn(field):
+        return config_key(f"mimi.encoder_seanet.{field}")
+
     for key, value, vtype in (
         (dec_tr("num_heads"), 2, "UINT32"),
         (dec_tr("num_heads"), 64, "UINT32"),
@@ -497,15 +506,12 @@ def build_cases(layouts: dict[str, dict]) -> list[dict]:
         add("tensor-type", "rewrite", {"tensor_set": {name: {"type": ggml_type}}}, expect)
 
     # -- stored voices
-    names_kv = lambda names: {
-        Keys.VOICE_NAMES: [names, "ARRAY", "STRING"],
-        Keys.VOICE_COUNT: [len(names), "UINT32", None],
-    }
-    voice = lambda name, kind, shape=(8, 3, 64), t="F32": {
-        "name": f"voice.{name}.{kind}",
-        "type": t,
-        "shape": list(shape),
-    }
+    def names_kv(names):
+        return {Keys.VOICE_NAMES: [names, "ARRAY", "STRING"], Keys.VOICE_COUNT: [len(names), "UINT32", None]}
+
+    def voice(name, kind, shape=(8, 3, 64), t="F32"):
+        return {"name": f"voice.{name}.{kind}", "type": t, "shape": list(shape)}
+
     for args, expect in (
         ({"kv_set": names_kv(["alice"]), "tensor_add": [voice("alice", "k"), voice("alice", "v")]}, "ok"),
         (

@@ -120,3 +120,31 @@ def test_sigkill_at_random_moments_leaves_the_previous_file_or_nothing(runs, tmp
     print(f"\nSIGKILL runs (index, return code, temporary file present): {log}")
     assert killed >= N_KILLS // 2, log  # most kills land before the end of the run
     assert mid_write >= 2, log  # and some of them while the file is being written
+
+
+def test_atomic_write_and_folder_all_or_nothing(tmp_path):
+    """files.atomic_write / atomic_folder: a block that raises leaves the destination as it was and no
+    temporary behind; a folder finished first by another writer is kept."""
+    from pocket_ggml.files import atomic_folder, atomic_write
+
+    dest = tmp_path / "kept.txt"
+    dest.write_text("before")
+    with pytest.raises(RuntimeError), atomic_write(dest) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+    assert dest.read_text() == "before"
+    with atomic_write(dest) as tmp:
+        tmp.write_text("after")
+    assert dest.read_text() == "after"
+
+    folder = tmp_path / "dump"
+    with pytest.raises(RuntimeError), atomic_folder(folder) as tmp:
+        (tmp / "meta.json").write_text("{}")
+        raise RuntimeError("interrupted")
+    assert not folder.exists()
+    with atomic_folder(folder) as tmp:
+        (tmp / "meta.json").write_text("first")
+        with atomic_folder(folder) as other:
+            (other / "meta.json").write_text("second")
+    assert (folder / "meta.json").read_text() == "second"  # the inner writer finished first: its folder stands
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump", "kept.txt"]

@@ -140,7 +140,8 @@ def test_repackable_follows_ggmls_kernel_choice(monkeypatch, cpu, q4_k, rows4, a
     from pocket_ggml import ggml_binding
 
     for feature in ("avx2", "neon", "dotprod", "matmul_int8"):
-        monkeypatch.setattr(ggml_binding.ggml, f"ggml_cpu_has_{feature}", lambda v=cpu.get(feature, 0): v)
+        has = cpu.get(feature, 0)
+        monkeypatch.setattr(ggml_binding.ggml, f"ggml_cpu_has_{feature}", lambda has=has: has)
     assert repackable(GGML_TYPE_Q4_K, (64, 256)) is q4_k
     assert repackable(GGML_TYPE_Q4_0, (12, 256)) is rows4
     assert repackable(GGML_TYPE_Q8_0, (12, 256)) is rows4

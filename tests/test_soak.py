@@ -63,7 +63,7 @@ def test_five_thousand_words_stream_with_bounded_memory_and_no_lost_tokens(tmp_p
     assert [t for c in chunks for t in tok.encode(c)] == tok.encode(prepare_text_prompt(text, rules).text.strip())
     voice = model.get_state_for_audio_prompt(synthetic_voice_audio(24000), sample_rate=24000)
     rss, frames = [], 0
-    for chunk in model.generate_audio_stream(voice, text):
+    for _ in model.generate_audio_stream(voice, text):
         frames += 1
         if frames % 100 == 0:
             rss.append(rss_bytes())

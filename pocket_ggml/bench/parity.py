@@ -27,10 +27,8 @@ import importlib.util
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -43,6 +41,7 @@ import numpy as np
 
 import pocket_ggml
 from pocket_ggml.errors import ParityError, PocketError
+from pocket_ggml.files import atomic_folder
 from pocket_ggml.format.config import DEFAULT_CONFIG, DEFAULT_MIX, load_released_config
 from pocket_ggml.quantize.policy import MIXES, get_mix
 
@@ -194,45 +193,42 @@ def ensure_reference_dump(
         return ReferenceDump(out)
     script = require_reference(reference_script)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    cmd = [
-        sys.executable,
-        str(script),
-        "--weights",
-        str(safetensors),
-        "--tokenizer",
-        str(tokenizer),
-        "--text",
-        text,
-        "--voice-wav",
-        str(voice_wav),
-        "--frames",
-        str(frames),
-        "--seed",
-        str(SEED),
-        "--dump-dir",
-        str(tmp),
-        "--config",
-        config,
-        "--temp",
-        str(temp),
-        "--threads",
-        str(threads),
-        "--dump-layers",
-        "--dump-layers-frames",
-        "0",
-    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     try:
-        r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=REFERENCE_TIMEOUT_S, env=env)
-        if r.returncode != 0:
-            lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-            raise ParityError(f"the reference run failed ({r.returncode}): {lines[-1] if lines else 'no message'}")
-        os.replace(tmp, out)
+        with atomic_folder(out) as tmp:
+            cmd = [
+                sys.executable,
+                str(script),
+                "--weights",
+                str(safetensors),
+                "--tokenizer",
+                str(tokenizer),
+                "--text",
+                text,
+                "--voice-wav",
+                str(voice_wav),
+                "--frames",
+                str(frames),
+                "--seed",
+                str(SEED),
+                "--dump-dir",
+                str(tmp),
+                "--config",
+                config,
+                "--temp",
+                str(temp),
+                "--threads",
+                str(threads),
+                "--dump-layers",
+                "--dump-layers-frames",
+                "0",
+            ]
+            r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=REFERENCE_TIMEOUT_S, env=env)
+            if r.returncode != 0:
+                lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+                raise ParityError(f"the reference run failed ({r.returncode}): {lines[-1] if lines else 'no message'}")
     except subprocess.TimeoutExpired:
         raise ParityError(f"the reference run took over {REFERENCE_TIMEOUT_S} s and was stopped") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return ReferenceDump(out)
 
 

@@ -292,7 +292,8 @@ def run(spec: dict) -> dict:
         hwm_reset = False
     runs = []
     for i in range(1 + spec["runs"]):
-        _log(f"{tag}: {'cold run' if i == 0 else 'run %d/%d' % (i, spec['runs'])} ({frames} frames)")
+        label = "cold run" if i == 0 else f"run {i}/{spec['runs']}"
+        _log(f"{tag}: {label} ({frames} frames)")
         first, total, samples = stream()
         expected = frames * int(sample_rate / model.config.mimi.frame_rate)
         if samples != expected:

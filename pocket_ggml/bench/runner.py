@@ -132,7 +132,8 @@ def run_child(
         reader.join(timeout=10)
         if code != 0 or not result_path.exists():
             raise BenchRunError(
-                f"{what} failed (exit {code}):\n" + "\n".join(l for l in tail if not l.startswith(PROGRESS_PREFIX))
+                f"{what} failed (exit {code}):\n"
+                + "\n".join(line for line in tail if not line.startswith(PROGRESS_PREFIX))
             )
         return json.loads(result_path.read_text())
 

@@ -307,8 +307,8 @@ def _mimi_transformer(prefix: str, t) -> list[tuple[str, tuple[int, ...]]]:
     out: list[tuple[str, tuple[int, ...]]] = []
     if d != t.input_dimension:
         out.append((f"{prefix}.input_proj.weight", (d, t.input_dimension)))
-    for l in range(t.num_layers):
-        p = f"{prefix}.transformer.layers.{l}"
+    for layer in range(t.num_layers):
+        p = f"{prefix}.transformer.layers.{layer}"
         out += [
             (f"{p}.self_attn.in_proj.weight", (3 * d, d)),
             (f"{p}.self_attn.out_proj.weight", (d, d)),
@@ -376,8 +376,8 @@ def expected_tensors(cfg: PocketConfig, with_encoder: bool = True) -> dict[str, 
         (f"{fn}.final_layer.adaLN_modulation.1.bias", (2 * F,)),
     ]
     t.append(("flow_lm.input_linear.weight", (D, L)))
-    for l in range(f.num_layers):
-        p = f"flow_lm.transformer.layers.{l}"
+    for layer in range(f.num_layers):
+        p = f"flow_lm.transformer.layers.{layer}"
         t += [
             (f"{p}.self_attn.in_proj.weight", (f.attn_dim + 2 * f.kv_dim, D)),
             (f"{p}.self_attn.out_proj.weight", (D, f.attn_dim)),

@@ -109,9 +109,9 @@ def streaming_transformer(
     layers = range(shape.num_layers) if layers is None else layers
     if layers.step != 1 or not 0 <= layers.start <= layers.stop <= shape.num_layers:
         raise ValueError(f"{prefix}: layers {layers} of {shape.num_layers}")
-    for l in layers:
-        cache = None if caches is None else caches[l]
-        x = transformer_layer(g, w, f"{prefix}.layers.{l}", x, shape, inputs, cache, tap, l)
+    for layer in layers:
+        cache = None if caches is None else caches[layer]
+        x = transformer_layer(g, w, f"{prefix}.layers.{layer}", x, shape, inputs, cache, tap, layer)
         if layer_outputs is not None:
             layer_outputs.append(x)
     return x
