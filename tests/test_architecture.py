@@ -37,9 +37,12 @@ def test_imports_never_climb_a_floor():
     assert "Contracts: 2 kept, 0 broken." in r.stdout, r.stdout
 
 
-def test_ctypes_only_in_the_binding():
-    users = sorted(str(p.relative_to(ROOT)) for p, tree in _modules().items() if "ctypes" in _imported(tree))
-    assert users == ["pocket_ggml/ggml_binding.py"]
+def test_ctypes_and_ggml_only_in_the_binding():
+    """ggml-python is imported once, by the binding, which sets its environment up and fixes its
+    restypes before anyone calls it; every other module takes `ggml` from there."""
+    for low_level in ("ctypes", "ggml"):
+        users = sorted(str(p.relative_to(ROOT)) for p, tree in _modules().items() if low_level in _imported(tree))
+        assert users == ["pocket_ggml/ggml_binding.py"], (low_level, users)
 
 
 def test_every_pocket_error_lives_in_errors_py():

@@ -112,8 +112,8 @@ def cpu_info(path: str | Path = "/proc/cpuinfo") -> dict[str, object]:
 def ggml_features() -> dict[str, bool]:
     """The CPU features the installed ggml build uses (`ggml.ggml_cpu_has_*`), where they exist.
 
-    Imports ggml: set OMP_WAIT_POLICY before calling this if it matters."""
-    import ggml
+    Imports ggml (through the binding, which sets its environment up first)."""
+    from pocket_ggml.ggml_binding import ggml
 
     out = {}
     for name in GGML_FEATURES:

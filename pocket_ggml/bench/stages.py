@@ -24,10 +24,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import ggml
 import numpy as np
 
-from pocket_ggml.ggml_binding import Tensor
+from pocket_ggml.ggml_binding import Tensor, ggml
 from pocket_ggml.ggml_graphs.attention import attention_arrays, attention_inputs
 from pocket_ggml.ggml_graphs.flow_lm import flow_head_sample, flow_lm_backbone, flow_lm_eos_logit, flow_lm_input
 from pocket_ggml.ggml_graphs.graph import Graph

@@ -102,6 +102,9 @@ NUMPY_TYPES: dict[GGMLType, np.dtype] = {
     T.I64: np.dtype(np.int64),
 }
 
+# the K-quants: 256-value super-blocks (a row must hold whole ones), and no llamafile kernel
+K_QUANTS = (GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K)
+
 # the types a weight of a pocket-tts GGUF may have, by the names `--tensor-type` accepts
 TENSOR_TYPES: dict[str, GGMLType] = {
     "F32": T.F32,

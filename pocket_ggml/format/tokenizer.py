@@ -8,7 +8,7 @@ pieces. The kinds: a SentencePiece `.model` ("sentencepiece") or a Hugging Face 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pocket_ggml.errors import TokenizerError
@@ -21,6 +21,8 @@ class TokenizerRecord:
     kind: str  # "sentencepiece" or "tokenizers"
     data: bytes
     vocab_size: int
+    # the SentencePiece model the check parsed, handed on so that loading a model parses it once
+    processor: object | None = field(default=None, compare=False, repr=False)
 
 
 def read_tokenizer(path: str | Path, n_bins: int) -> TokenizerRecord:
@@ -35,6 +37,7 @@ def read_tokenizer(path: str | Path, n_bins: int) -> TokenizerRecord:
 
 def check_tokenizer(data: bytes, kind: str, n_bins: int, where: str = "tokenizer") -> TokenizerRecord:
     """`data` parsed as a tokenizer of `kind`, checked to have `n_bins` pieces."""
+    processor = None
     if kind == "tokenizers":
         try:
             size = len(json.loads(data.decode("utf-8"))["model"]["vocab"])
@@ -44,12 +47,13 @@ def check_tokenizer(data: bytes, kind: str, n_bins: int, where: str = "tokenizer
         import sentencepiece
 
         try:
-            size = sentencepiece.SentencePieceProcessor(model_proto=data).vocab_size()
+            processor = sentencepiece.SentencePieceProcessor(model_proto=data)
+            size = processor.vocab_size()
         except (RuntimeError, TypeError, ValueError):
             raise TokenizerError(f"{where} is not a SentencePiece model") from None
     if size != n_bins:
         raise TokenizerError(f"{where} has {size} pieces; the model's text table needs {n_bins}")
-    return TokenizerRecord(kind, data, size)
+    return TokenizerRecord(kind, data, size, processor)
 
 
 def synthetic_tokenizer_record(n_bins: int) -> TokenizerRecord:

@@ -18,11 +18,10 @@ import re
 from dataclasses import dataclass
 
 from pocket_ggml.errors import QuantizationError
-from pocket_ggml.format.ggml_types import QUANT_SIZES, TENSOR_TYPES, FileType, GGMLType
+from pocket_ggml.format.ggml_types import K_QUANTS, QUANT_SIZES, TENSOR_TYPES, FileType, GGMLType
 from pocket_ggml.format.names import Role
 
 T = GGMLType
-K_QUANTS = (T.Q4_K, T.Q5_K, T.Q6_K)
 
 _SMALL_LM = (Role.LM_INPUT, Role.LM_SPEAKER_PROJ, Role.LM_Z_PROJ, Role.LM_EOS, Role.LM_TEXT_PROJ)
 

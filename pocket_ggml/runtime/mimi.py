@@ -26,13 +26,11 @@ import numpy as np
 
 from pocket_ggml.errors import AudioError, LatentError, VoiceCloningUnavailable
 from pocket_ggml.format.config import PocketConfig
+from pocket_ggml.format.ggml_types import K_QUANTS
 from pocket_ggml.format.names import expected_tensors
 from pocket_ggml.ggml_binding import (
     GGML_TYPE_F16,
     GGML_TYPE_F32,
-    GGML_TYPE_Q4_K,
-    GGML_TYPE_Q5_K,
-    GGML_TYPE_Q6_K,
     Tensor,
     as_f16,
     dequantize,
@@ -78,9 +76,6 @@ FADE_IN_MS = 5  # the first chunk of a stream fades in over its first 5 ms, as t
 ENCODER_CHUNK_FRAMES = 2
 
 
-_K_QUANTS = (GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K)
-
-
 def channel_fast_copies(
     weights: WeightStore, plan: tuple, *, from_quantized: bool
 ) -> dict[str, np.ndarray | RawTensor]:
@@ -117,7 +112,7 @@ def prepare_decoder_weights(cfg: PocketConfig, weights: WeightStore, backend: Cp
         for name in expected_tensors(cfg, with_encoder=False):
             gguf = gguf_name(name)
             ggml_type = weights.ggml_type(gguf)
-            if name.startswith(f"mimi.{DECODER_TRANSFORMER}.") and ggml_type in _K_QUANTS:
+            if name.startswith(f"mimi.{DECODER_TRANSFORMER}.") and ggml_type in K_QUANTS:
                 copies[gguf] = as_f16(dequantize(weights.get(gguf), ggml_type, weights.shape(gguf)))
     weights.put(backend, copies)
 
@@ -328,11 +323,13 @@ class MimiDecoder:
 class MimiEncoder:
     """Mimi encoder for voice prompts: prepared 24 kHz audio -> latents (T_latent, speaker_dim) at 12.5 Hz."""
 
-    def __init__(self, cfg: PocketConfig, weights: WeightStore, backend: CpuBackend) -> None:
+    def __init__(
+        self, cfg: PocketConfig, weights: WeightStore, backend: CpuBackend, source: str = "this model"
+    ) -> None:
         encoder_tensors = set(expected_tensors(cfg, with_encoder=True)) - set(expected_tensors(cfg, with_encoder=False))
         if any(gguf_name(n) not in weights for n in encoder_tensors):
             raise VoiceCloningUnavailable(
-                "this model has no Mimi encoder (it was converted with --no-encoder): voice cloning needs it"
+                f"{source} has no Mimi encoder (made with --no-encoder): voice cloning needs a file with it"
             )
         m = cfg.mimi
         self.cfg = cfg

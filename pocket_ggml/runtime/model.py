@@ -103,7 +103,8 @@ class PocketRuntime:
         self.mimi_backend = CpuBackend(self.mimi_threads)
         self.weights = self.file.load_weights(self.backend)
         prepare_weights(self.weights, self.backend)
-        self.tokenizer = Tokenizer(self.file.tokenizer_bytes(), self.file.info.tokenizer_kind)
+        record = self.file.tokenizer
+        self.tokenizer = Tokenizer(record.data, record.kind, record.processor)
         # K and V come from the in_proj matrix: where it is block-quantized, its error is far above
         # F16's rounding, and an F16 cache halves the cache's memory and what each step reads of it.
         qkv_types = {
@@ -132,7 +133,7 @@ class PocketRuntime:
         rate, a whole number of frames (`pocket_ggml.voices.audio.prepare_voice_prompt`)."""
         # An encoder for each prompt, closed after it: kept, its kernel copies, state and weight pages
         # would stay in every process that ever cloned a voice (making it is a small part of encoding).
-        encoder = MimiEncoder(self.config, self.weights, self.backend)
+        encoder = MimiEncoder(self.config, self.weights, self.backend, str(self.file.path))
         try:
             with self.backend.threads(self.prompt_threads):
                 return encoder.encode(prompt)

@@ -49,7 +49,7 @@ from pocket_ggml.format.names import (
     stored_shape,
     to_released_layout,
 )
-from pocket_ggml.format.tokenizer import check_tokenizer
+from pocket_ggml.format.tokenizer import TokenizerRecord, check_tokenizer
 from pocket_ggml.ggml_binding import dequantize
 from pocket_ggml.runtime.ggml_backend import CpuBackend, TensorSpec, WeightStore
 from pocket_ggml.runtime.gguf_header import GGUFHeader, TensorInfo, scan_gguf
@@ -138,7 +138,7 @@ class ModelFile:
         self._map = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.header.file_size,))
         self._check_tensors(where)
         self._check_voices(where)
-        self._check_tokenizer(where)
+        self.tokenizer: TokenizerRecord = self._check_tokenizer(where)
 
     def _check_metadata_types(self, where: str) -> None:
         for key, (allowed, max_count) in _ARRAYS.items():
@@ -222,10 +222,9 @@ class ModelFile:
                 f"{where}: the metadata names voices {sorted(self.info.voice_names)}, the file holds {sorted(shapes)}"
             )
 
-    def _check_tokenizer(self, where: str) -> None:
-
+    def _check_tokenizer(self, where: str) -> TokenizerRecord:
         try:
-            check_tokenizer(self.tokenizer_bytes(), self.info.tokenizer_kind, self.config.flow_lm.n_bins)
+            return check_tokenizer(self.tokenizer_bytes(), self.info.tokenizer_kind, self.config.flow_lm.n_bins)
         except (PocketError, RecursionError) as e:  # RecursionError: JSON nested beyond the parser's depth
             raise ModelFileError(f"{where}: embedded tokenizer: {e or type(e).__name__}") from None
 

@@ -17,16 +17,17 @@ from pocket_ggml.format.config import TextRules
 
 MAX_TOKENS_PER_CHUNK = 50
 _DECIMAL_WINDOW = 8  # tokens decoded on each side of a sentence end to spot a decimal point
-_TERMINAL_PUNCTUATION = ".!?\u2026"
+TERMINAL_PUNCTUATION = ".!?\u2026"
 _WEAK_PUNCTUATION = ",;:-\u2013\u2014"
-_CLOSERS = "\"'\u201d\u2019)]\u00bb"
+CLOSERS = "\"'\u201d\u2019)]\u00bb"
 
 
 class Tokenizer:
     """The model's tokenizer, from the bytes embedded in the GGUF: SentencePiece, or a
     `tokenizer.json` (the released english models; needs the optional `tokenizers` package)."""
 
-    def __init__(self, data: bytes, kind: str = "sentencepiece"):
+    def __init__(self, data: bytes, kind: str = "sentencepiece", processor: object | None = None):
+        """`processor`: the SentencePiece model already parsed from `data` (by the file's check), if any."""
         if kind == "tokenizers":
             try:
                 import tokenizers
@@ -46,7 +47,7 @@ class Tokenizer:
         import sentencepiece
 
         try:
-            sp = sentencepiece.SentencePieceProcessor(model_proto=data)
+            sp = processor or sentencepiece.SentencePieceProcessor(model_proto=data)
         except (RuntimeError, TypeError, ValueError):
             raise TokenizerError("the embedded tokenizer is not a SentencePiece model") from None
         self._encode = lambda text: sp.encode(text, out_type=int)
@@ -138,9 +139,9 @@ def prepare_text_prompt(text: str, rules: TextRules) -> PreparedText:
 def _ensure_terminal_punctuation(text: str) -> str:
     """Sentence-final punctuation, after any closing quote or bracket; a trailing , : or dash
     becomes a period (the splitter only knows a bare period token)."""
-    core = text.rstrip(_CLOSERS + " ")
+    core = text.rstrip(CLOSERS + " ")
     closers = text[len(core) :].strip()
-    if not core or core[-1] in _TERMINAL_PUNCTUATION:
+    if not core or core[-1] in TERMINAL_PUNCTUATION:
         return text
     if core[-1] in _WEAK_PUNCTUATION:
         return core.rstrip(_WEAK_PUNCTUATION + " ") + "." + closers
@@ -234,7 +235,7 @@ def _sentence_end(text: str, tok: Tokenizer, rules: TextRules) -> int | None:
         if not any(c.isalnum() for c in text[: run.start()]):
             continue
         after = run.end()
-        while after < len(text) and text[after] in _CLOSERS:
+        while after < len(text) and text[after] in CLOSERS:
             after += 1
         if after == len(text):
             return None  # the run or its closers may go on

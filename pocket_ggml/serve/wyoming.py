@@ -61,7 +61,7 @@ from wyoming.tts import (
 )
 
 from pocket_ggml.errors import Overloaded, PocketError, TextError, UnknownVoice, WyomingServiceError
-from pocket_ggml.runtime.text import _CLOSERS, _TERMINAL_PUNCTUATION
+from pocket_ggml.runtime.text import CLOSERS, TERMINAL_PUNCTUATION
 from pocket_ggml.serve.formats import pcm16
 from pocket_ggml.serve.pool import ModelPool
 from pocket_ggml.serve.registry import VoiceRegistry
@@ -89,7 +89,7 @@ _LANGUAGES = {
 }
 # The sentence end of the runtime's text rules (runtime.text): a run of terminal punctuation, closing quotes or
 # brackets after it, then white space. "3.5" has no space after its point, so it never ends a sentence.
-_SENTENCE_END = re.compile(f"[{re.escape(_TERMINAL_PUNCTUATION)}]+[{re.escape(_CLOSERS)}]*\\s")
+_SENTENCE_END = re.compile(f"[{re.escape(TERMINAL_PUNCTUATION)}]+[{re.escape(CLOSERS)}]*\\s")
 
 
 class _Refusal(Exception):
