@@ -2,6 +2,7 @@
 
 import json
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -94,6 +95,19 @@ def test_frame_counts_and_f32_bytes_must_match(tmp_path):
     assert not ok and [r["passed"] for r in rows] == [False, True]
     _, ok = compare_runs(x86, _side(tmp_path / "c", {("c", "F32"): _model()}))  # a model missing
     assert not ok
+
+
+def test_the_emulated_side_may_run_the_subset_it_names(tmp_path):
+    x86 = _side(tmp_path / "x86", {("c", "F32"): _model(), ("c", "Q8_0"): _model(), ("d", "F32"): _model()})
+    arm = _side(tmp_path / "arm", {("c", "F32"): _model(), ("d", "F32"): _model()})
+    rows, ok = compare_runs(x86, arm, crossarch.parse_models("c:F32,d:F32"))
+    assert ok and [(r["config"], r["type"]) for r in rows] == [("c", "F32"), ("d", "F32")]
+    assert not compare_runs(x86, arm, crossarch.parse_models("c:F32,c:Q8_0,d:F32"))[1]  # one named is missing
+    assert not compare_runs(x86, arm, crossarch.parse_models("c:F32"))[1]  # one more than named
+    arm_extra = _side(tmp_path / "extra", {("c", "F32"): _model(), ("e", "F32"): _model()})
+    assert not compare_runs(x86, arm_extra, crossarch.parse_models("c:F32,e:F32"))[1]  # x86 has no e
+    with pytest.raises(click.BadParameter):
+        crossarch.parse_models("c-F32")
 
 
 def test_compare_command_prints_the_table_and_fails_with_exit_1(tmp_path):

@@ -207,6 +207,10 @@ def main() -> None:
 @click.option("--voice", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
 @click.option("--configs", default=",".join(DEFAULT_CONFIGS), show_default=True)
 @click.option("--types", default=",".join(DEFAULT_TYPES), show_default=True)
+@click.option(
+    "--models",
+    help="CONFIG:TYPE pairs, comma-separated, instead of every config x type (e.g. the emulated side's subset)",
+)
 @click.option("--voice-seconds", type=click.FloatRange(0.1), default=2.0, show_default=True, help="prompt prefix used")
 @click.option(
     "--teacher",
@@ -214,29 +218,47 @@ def main() -> None:
     help="the reference side's synth output, for the teacher-forced pass [default: this machine is the reference]",
 )
 def synth(
-    out: Path, tokenizer: Path, voice: Path, configs: str, types: str, voice_seconds: float, teacher: Path | None
+    out: Path,
+    tokenizer: Path,
+    voice: Path,
+    configs: str,
+    types: str,
+    models: str | None,
+    voice_seconds: float,
+    teacher: Path | None,
 ) -> None:
-    """Quantize and synthesize every config x type here; write the audio and result.json."""
+    """Quantize and synthesize every config x type (or the --models) here; write the audio and result.json."""
+    pairs = parse_models(models) if models else [(c, t) for c in configs.split(",") for t in types.split(",")]
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for config in configs.split(","):
-        for type_ in types.split(","):
-            r = synthesize(config, type_, out, tokenizer, voice, voice_seconds, teacher)
-            click.echo(f"{config} {type_}: {r['frames']} frames, {r['synthesize_s']} s", err=True)
-            results.append(r)
-        if teacher is None and "F32" in types.split(","):
-            for r in results:
-                if r["config"] == config and r["type"] != "F32":
-                    r["quantization_snr_db"] = quantization_snr_db(out, config, r["type"])
+    for config, type_ in pairs:
+        r = synthesize(config, type_, out, tokenizer, voice, voice_seconds, teacher)
+        click.echo(f"{config} {type_}: {r['frames']} frames, {r['synthesize_s']} s", err=True)
+        results.append(r)
+    if teacher is None:  # what quantization itself does here: the bars of the other side's quantized types
+        made = {(r["config"], r["type"]) for r in results}
+        for r in results:
+            if r["type"] != "F32" and (r["config"], "F32") in made:
+                r["quantization_snr_db"] = quantization_snr_db(out, r["config"], r["type"])
     info = {"machine": platform.machine(), "ggml_features": ggml_features(), "text": TEXT, "results": results}
     (out / "result.json").write_text(json.dumps(info, indent=1))
 
 
-def compare_runs(reference: Path, other: Path) -> tuple[list[dict], bool]:
-    """Rows of the comparison of `other` against `reference`, and whether every row passes."""
+def parse_models(models: str) -> list[tuple[str, str]]:
+    """The --models option, CONFIG:TYPE pairs comma-separated, as (config, type) tuples."""
+    pairs = [tuple(m.split(":")) for m in models.split(",")]
+    if any(len(p) != 2 or not all(p) for p in pairs):
+        raise click.BadParameter(f"expected CONFIG:TYPE pairs, got {models!r}", param_hint="--models")
+    return pairs
+
+
+def compare_runs(reference: Path, other: Path, models: list[tuple[str, str]] | None = None) -> tuple[list[dict], bool]:
+    """Rows of the comparison of `other` against `reference`, and whether every row passes; `other` must
+    hold exactly `models` (default: every model of `reference`; the emulated side runs a subset)."""
     ref = {(r["config"], r["type"]): r for r in json.loads((reference / "result.json").read_text())["results"]}
     got = {(r["config"], r["type"]): r for r in json.loads((other / "result.json").read_text())["results"]}
-    rows, ok = [], set(ref) == set(got)
+    expected = set(ref) if models is None else set(models)
+    rows, ok = [], set(got) == expected and expected <= set(ref)
 
     def snr(suffix: str, key: tuple[str, str]) -> float:
         a, b = np.load(reference / f"{key[0]}-{key[1]}{suffix}.npy"), np.load(other / f"{key[0]}-{key[1]}{suffix}.npy")
@@ -282,9 +304,10 @@ def _db(x: float | None) -> str:
 @click.argument("reference", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("other", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--label", default="other", help="name of the OTHER side in the table")
-def compare(reference: Path, other: Path, label: str) -> None:
+@click.option("--models", help="the CONFIG:TYPE pairs OTHER must hold [default: every model of REFERENCE]")
+def compare(reference: Path, other: Path, label: str, models: str | None) -> None:
     """Compare OTHER's synth results with REFERENCE's; exit 1 if any model fails its bar."""
-    rows, ok = compare_runs(reference, other)
+    rows, ok = compare_runs(reference, other, parse_models(models) if models else None)
     features = json.loads((other / "result.json").read_text())["ggml_features"]
     active = ", ".join(k for k, v in sorted(features.items()) if v) or "none"
     click.echo(f"\n{label}: ggml CPU features {active}; SNR in dB against x86 (bar)")
