@@ -12,10 +12,10 @@
 #      teacher-forced at temp 0 and 0.3) against reference dumps made on x86 by pocket-tts (the reference
 #      is not installed on the ARM side); free-running generation and the EOS frame are checked by step 3,
 #      which compares ARM with x86, whose free run and EOS frame the test suite compares with the reference;
-#   3. quantizes synthetic english_2m to F32, Q8_0 and Q4_K_M, and english to Q4_K_M (the default model's
-#      mix; only english's dimensions hold Q4_K matrices, and so run the Q4_K and repacked kernels), and
-#      synthesizes a fixed text at temperature 0 with a voice cloned from the first second of ../shared's
-#      wav, then runs it teacher-forced on x86's files; compared with the same on x86
+#   3. quantizes synthetic english_2m to F32, Q8_0 and Q4_K_M and synthesizes a fixed text at temperature 0
+#      with a voice cloned from the first second of ../shared's wav, then runs it teacher-forced on x86's
+#      files; the same with x86's english Q4_K_M GGUF (the default model's mix: only english's dimensions
+#      hold Q4_K matrices, and so run the Q4_K and repacked kernels); compared with the same on x86
 #      (pocket_ggml.bench.crossarch): same frame count, teacher-forced latents and audio SNR >= 60 dB for
 #      F32 and >= 40 dB for the quantized types, free-running audio >= 60 dB for F32 (quantized: reported
 #      beside x86's own noise floor, see crossarch's docstring);
@@ -86,30 +86,38 @@ wheel_dir() {  # wheel_dir PRESET: the cache folder of its wheel, keyed by the p
     args=$(bash "$REPO/scripts/ggml-preset.sh" "$1")
     echo "$CACHE/wheels/$1-$(printf '%s %s %s' "$GGML_REQ" "$args" "$CROSS_ARGS" | sha1sum | cut -c1-12)"
 }
-for preset in $PRESETS; do
-    dir=$(wheel_dir "$preset")
-    ls "$dir"/ggml_python-*-linux_aarch64.whl >/dev/null 2>&1 && continue
-    if ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v cmake >/dev/null || ! command -v ninja >/dev/null; then
-        log "installing the aarch64 cross compiler, CMake and Ninja"
-        apt_install g++-aarch64-linux-gnu cmake ninja-build
-    fi
-    args=$(bash "$REPO/scripts/ggml-preset.sh" "$preset")
-    log "$preset: cross-building $GGML_REQ with CMAKE_ARGS=$args"
-    rm -rf "$dir.part"
-    mkdir -p "$CACHE/wheels"
-    CMAKE_ARGS="$args $CROSS_ARGS" _PYTHON_HOST_PLATFORM=linux-aarch64 "$HOST_PY" -m pip wheel -q --no-deps \
-        --no-binary ggml-python --no-cache-dir --disable-pip-version-check -w "$dir.part" "$GGML_REQ" \
-        >"$CACHE/build-$preset.log" 2>&1 || { tail -30 "$CACHE/build-$preset.log" >&2; exit 1; }
-    ls "$dir.part"/ggml_python-*-linux_aarch64.whl >/dev/null || { echo "check-aarch64: no aarch64 wheel" >&2; exit 1; }
-    mv "$dir.part" "$dir"
-done
+build_wheels() {
+    local preset dir args
+    for preset in $PRESETS; do
+        dir=$(wheel_dir "$preset")
+        ls "$dir"/ggml_python-*-linux_aarch64.whl >/dev/null 2>&1 && continue
+        if ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v cmake >/dev/null || ! command -v ninja >/dev/null; then
+            log "installing the aarch64 cross compiler, CMake and Ninja"
+            apt_install g++-aarch64-linux-gnu cmake ninja-build
+        fi
+        args=$(bash "$REPO/scripts/ggml-preset.sh" "$preset")
+        log "$preset: cross-building $GGML_REQ with CMAKE_ARGS=$args"
+        rm -rf "$dir.part"
+        mkdir -p "$CACHE/wheels"
+        CMAKE_ARGS="$args $CROSS_ARGS" _PYTHON_HOST_PLATFORM=linux-aarch64 "$HOST_PY" -m pip wheel -q --no-deps \
+            --no-binary ggml-python --no-cache-dir --disable-pip-version-check -w "$dir.part" "$GGML_REQ" \
+            >"$CACHE/build-$preset.log" 2>&1 || { tail -30 "$CACHE/build-$preset.log" >&2; return 1; }
+        ls "$dir.part"/ggml_python-*-linux_aarch64.whl >/dev/null || { echo "check-aarch64: no aarch64 wheel" >&2; return 1; }
+        mv "$dir.part" "$dir"
+        log "$preset: wheel built"
+    done
+}
 
 # --- binfmt: mount and register only what is not there, and undo exactly that ---------------------------
 MOUNTED=()      # mount points to unmount, innermost last
 MOUNTED_BINFMT=0
 REGISTERED=0
+WHEELS_PID=""   # the wheel builds and the x86 side, run beside the root filesystem's set-up
+X86_PID=""
 cleanup() {
     local rc=$?
+    [ -z "$WHEELS_PID" ] || wait "$WHEELS_PID" 2>/dev/null || true
+    [ -z "$X86_PID" ] || wait "$X86_PID" 2>/dev/null || true
     for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do
         umount -R "${MOUNTED[i]}" 2>/dev/null || umount -R -l "${MOUNTED[i]}" || true
     done
@@ -132,9 +140,39 @@ if [ ! -e "$BINFMT/qemu-aarch64" ]; then
 fi
 grep -q '^flags:.*F' "$BINFMT/qemu-aarch64" || cannot_run "qemu-aarch64 is registered without the F (fix binary) flag"
 
+# --- the x86 side: what the ARM builds are compared with --------------------------------------------------
+# The stage tests only: the free run and the EOS frame clone the voice from the whole wav, which emulation
+# makes minutes long; the syntheses below check both against x86.
+PARITY_TESTS="english_2m and stages"
+TOKENIZER=assets/tokenizer.model
+VOICE=assets/voices/speaker-48k.wav
+# the Mimi encoder dominates the emulated syntheses: one second of the wav clones the voice
+VOICE_SECONDS=1.0
+# english_2m's dimensions hold no Q4_K matrix: english Q4_K_M (the default model's mix) runs the Q4_K and
+# repacked kernels, on x86's GGUF (quantizing english under qemu took longer than synthesizing with it)
+EMULATED_MODELS=english_2m_2026-10:F32,english_2m_2026-10:Q8_0,english_2m_2026-10:Q4_K_M,english:Q4_K_M
+ON_X86_GGUF=english:Q4_K_M
+x86_side() {
+    log "x86: synthesis of every config and type"
+    "$HOST_PY" -m pocket_ggml.bench.crossarch synth --out "$WORK/x86" --voice-seconds "$VOICE_SECONDS" \
+        --tokenizer "$SHARED/$TOKENIZER" --voice "$SHARED/$VOICE" 2>"$WORK/x86.log" || { cat "$WORK/x86.log" >&2; return 1; }
+    log "x86: reference dumps and the F32 stage parity of english_2m"
+    (cd "$REPO" && POCKET_PARITY_DIR="$WORK/parity-x86" CI=true "$HOST_PY" -m pytest -q -p no:cacheprovider \
+        tests/test_parity.py -k "$PARITY_TESTS") | tail -3
+}
+
+# The wheels and the x86 side run beside the root filesystem's set-up (emulated, one core).
+WORK=$CACHE/work
+rm -rf "$WORK"
+mkdir -p "$WORK"
+build_wheels &
+WHEELS_PID=$!
+x86_side &
+X86_PID=$!
+
 # --- the arm64 root filesystem, cached ----------------------------------------------------------------
 if [ "$(cat "$ROOTFS/.pocket-ggml-rootfs" 2>/dev/null)" != "$ROOTFS_RECIPE" ]; then
-    log "building the arm64 root filesystem in $ROOTFS (about 4 min)"
+    log "building the arm64 root filesystem in $ROOTFS"
     rm -rf "$ROOTFS"
     mkdir -p "$CACHE"
     debootstrap --arch=arm64 --foreign --variant=minbase \
@@ -146,6 +184,10 @@ if [ "$(cat "$ROOTFS/.pocket-ggml-rootfs" 2>/dev/null)" != "$ROOTFS_RECIPE" ]; t
     echo "$ROOTFS_RECIPE" >"$ROOTFS/.pocket-ggml-rootfs"
 fi
 log "root filesystem ready: $ROOTFS"
+wait "$WHEELS_PID" || { WHEELS_PID=""; echo "check-aarch64: building the aarch64 wheels failed" >&2; exit 1; }
+WHEELS_PID=""
+wait "$X86_PID" || { X86_PID=""; echo "check-aarch64: the x86 side failed" >&2; exit 1; }
+X86_PID=""
 
 bind() {  # bind SRC DST [ro]
     mkdir -p "$2"
@@ -173,27 +215,12 @@ in_arm() {  # in_arm QEMU_CPU COMMAND: run a bash command inside the arm64 root 
         bash -euo pipefail -c "$2"
 }
 
-# --- this working tree, and the x86 side -------------------------------------------------------------
-WORK=$ROOTFS/opt/work
-rm -rf "$WORK" "$ROOTFS/opt/pocket-ggml"
-mkdir -p "$WORK" "$ROOTFS/opt/pocket-ggml"
+# --- this working tree ----------------------------------------------------------------------------------
+rm -rf "$ROOTFS/opt/pocket-ggml"
+mkdir -p "$ROOTFS/opt/pocket-ggml"
 (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | xargs -0 tar -cf - --no-recursion) |
     tar -xf - -C "$ROOTFS/opt/pocket-ggml"
-
-# The stage tests only: the free run and the EOS frame clone the voice from the whole wav, which emulation
-# makes minutes long; the syntheses below check both against x86.
-PARITY_TESTS="english_2m and stages"
-TOKENIZER=assets/tokenizer.model
-VOICE=assets/voices/speaker-48k.wav
-# the Mimi encoder dominates the emulated syntheses: one second of the wav clones the voice
-VOICE_SECONDS=1.0
-EMULATED_MODELS=english_2m_2026-10:F32,english_2m_2026-10:Q8_0,english_2m_2026-10:Q4_K_M,english:Q4_K_M
-log "x86: synthesis of every config and type"
-"$HOST_PY" -m pocket_ggml.bench.crossarch synth --out "$WORK/x86" --voice-seconds "$VOICE_SECONDS" \
-    --tokenizer "$SHARED/$TOKENIZER" --voice "$SHARED/$VOICE" 2>"$WORK/x86.log" || { cat "$WORK/x86.log" >&2; exit 1; }
-log "x86: reference dumps and the F32 stage parity of english_2m"
-(cd "$REPO" && POCKET_PARITY_DIR="$WORK/parity-x86" CI=true "$HOST_PY" -m pytest -q -p no:cacheprovider \
-    tests/test_parity.py -k "$PARITY_TESTS") | tail -3
+bind "$WORK" "$ROOTFS/opt/work"
 
 BUDGET_TEXT="The harbour lights came on one by one as the fishing boats returned."
 budgets() {  # budgets OUT_DIR SHARED_DIR CLONE POCKET_SPEAK...: synthesis within memory cgroups
@@ -242,7 +269,7 @@ check_preset() {  # check_preset PRESET: build, install and check one ARM build 
 
     log "$preset: synthesis of $EMULATED_MODELS"
     in_arm "$cpu" "/opt/venv-$preset/bin/python -m pocket_ggml.bench.crossarch synth --out /opt/work/$preset \
-        --models $EMULATED_MODELS --voice-seconds $VOICE_SECONDS \
+        --models $EMULATED_MODELS --teachers-gguf $ON_X86_GGUF --voice-seconds $VOICE_SECONDS \
         --tokenizer /opt/shared/$TOKENIZER --voice /opt/shared/$VOICE --teacher /opt/work/x86"
     "$HOST_PY" -m pocket_ggml.bench.crossarch compare "$WORK/x86" "$WORK/$preset" --label "aarch64 $preset" \
         --models "$EMULATED_MODELS"

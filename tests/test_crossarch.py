@@ -132,3 +132,21 @@ def test_the_teacher_forced_pass_reproduces_this_machines_free_run(tmp_path, tok
     otherwise)."""
     result = crossarch.synthesize("english_2m_2026-10", type_, tmp_path, tokenizer_path, voice_wav, 0.5, None)
     assert result["frames"] > 0
+
+
+def test_a_model_may_run_on_the_teachers_gguf(tmp_path, tokenizer_path, voice_wav):
+    """--teachers-gguf: the other side runs the reference side's GGUF (bytes copied, not quantized there)."""
+    model = "english_2m_2026-10:Q8_0"
+    common = ["--tokenizer", str(tokenizer_path), "--voice", str(voice_wav), "--voice-seconds", "0.5"]
+    ref, other = tmp_path / "ref", tmp_path / "other"
+    r = CliRunner().invoke(crossarch.main, ["synth", "--out", str(ref), "--models", model, *common])
+    assert r.exit_code == 0, r.output
+    args = ["synth", "--out", str(other), "--models", model, "--teacher", str(ref), "--teachers-gguf", model]
+    r = CliRunner().invoke(crossarch.main, [*args, *common])
+    assert r.exit_code == 0, r.output
+    name = "english_2m_2026-10-Q8_0.gguf"
+    assert (other / name).read_bytes() == (ref / name).read_bytes()
+    rows, ok = compare_runs(ref, other, crossarch.parse_models(model))
+    assert ok and rows[0]["same_gguf"]
+    r = CliRunner().invoke(crossarch.main, [*args[:-1], "english_2m_2026-10:F32", *common])
+    assert r.exit_code == 2 and "--teachers-gguf" in r.output

@@ -8,7 +8,8 @@ files (`--teacher`, the x86 output; on x86 itself, its own): the reference's GGU
 every FlowLM step fed the reference's previous latent, and the Mimi decoder fed the reference's
 latents. It writes the audio, the latents and a `result.json` (frame counts, GGUF sha256, CPU
 features of the ggml build); on the reference side also each quantized type's SNR against F32, and
-the noise floor: the free run again from the voice state with a 1e-7 relative perturbation.
+the noise floor: the free run again from the voice state with a 1e-7 relative perturbation. With
+`--teachers-gguf` a model runs on the reference side's GGUF instead of one quantized here.
 
 `compare` checks, per model: the same number of frames, F32's GGUF bytes equal, and the SNR against
 the reference side of the free-running audio, the teacher-forced latents and the teacher-forced audio:
@@ -30,6 +31,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -148,8 +150,17 @@ def quantization_snr_db(out: Path, config: str, type_: str) -> dict[str, float]:
 
 
 def synthesize(
-    config: str, type_: str, out: Path, tokenizer: Path, voice: Path, voice_seconds: float, teacher: Path | None
+    config: str,
+    type_: str,
+    out: Path,
+    tokenizer: Path,
+    voice: Path,
+    voice_seconds: float,
+    teacher: Path | None,
+    teachers_gguf: bool = False,
 ) -> dict:
+    """One model: quantized here (or, with `teachers_gguf`, the teacher's GGUF copied), its voice cloned,
+    the free run and the teacher-forced pass."""
     from pocket_ggml import TTSModel
     from pocket_ggml.voices.audio import read_audio
 
@@ -157,7 +168,12 @@ def synthesize(
     name = f"{config}-{type_}"
     gguf, voice_state = out / f"{name}.gguf", out / f"{name}-voice.safetensors"
     t0 = time.perf_counter()
-    convert(cfg, gguf, get_mix(type_), read_tokenizer(tokenizer, cfg.flow_lm.n_bins), synthetic_seed=SEED)
+    if teachers_gguf:
+        if teacher is None:
+            raise click.ClickException(f"{name}: the teacher's GGUF needs --teacher")
+        shutil.copyfile(teacher / gguf.name, gguf)
+    else:
+        convert(cfg, gguf, get_mix(type_), read_tokenizer(tokenizer, cfg.flow_lm.n_bins), synthetic_seed=SEED)
     t1 = time.perf_counter()
     model = TTSModel.load_model(gguf, threads=1, mimi_threads=1, temp=0.0)
     floor = None
@@ -217,6 +233,11 @@ def main() -> None:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="the reference side's synth output, for the teacher-forced pass [default: this machine is the reference]",
 )
+@click.option(
+    "--teachers-gguf",
+    help="CONFIG:TYPE pairs of --models run on the teacher's GGUF instead of one quantized here "
+    "(emulation makes quantizing the large configs minutes long)",
+)
 def synth(
     out: Path,
     tokenizer: Path,
@@ -226,13 +247,17 @@ def synth(
     models: str | None,
     voice_seconds: float,
     teacher: Path | None,
+    teachers_gguf: str | None,
 ) -> None:
     """Quantize and synthesize every config x type (or the --models) here; write the audio and result.json."""
     pairs = parse_models(models) if models else [(c, t) for c in configs.split(",") for t in types.split(",")]
+    copied = set(parse_models(teachers_gguf)) if teachers_gguf else set()
+    if not copied <= set(pairs):
+        raise click.BadParameter("every model named must be one of --models", param_hint="--teachers-gguf")
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for config, type_ in pairs:
-        r = synthesize(config, type_, out, tokenizer, voice, voice_seconds, teacher)
+        r = synthesize(config, type_, out, tokenizer, voice, voice_seconds, teacher, (config, type_) in copied)
         click.echo(f"{config} {type_}: {r['frames']} frames, {r['synthesize_s']} s", err=True)
         results.append(r)
     if teacher is None:  # what quantization itself does here: the bars of the other side's quantized types
