@@ -159,9 +159,17 @@ x86_side() {
     log "x86: reference dumps and the F32 stage parity of english_2m"
     (cd "$REPO" && POCKET_PARITY_DIR="$WORK/parity-x86" CI=true "$HOST_PY" -m pytest -q -p no:cacheprovider \
         tests/test_parity.py -k "$PARITY_TESTS") | tail -3
+    touch "$WORK/x86.done"
+}
+wait_for_x86() {  # in a preset's job: until the x86 side is done; fails if it ended without finishing
+    until [ -e "$WORK/x86.done" ]; do
+        kill -0 "$X86_PID" 2>/dev/null || [ -e "$WORK/x86.done" ] || { echo "check-aarch64: the x86 side failed" >&2; return 1; }
+        sleep 2
+    done
 }
 
-# The wheels and the x86 side run beside the root filesystem's set-up (emulated, one core).
+# The wheels and the x86 side run beside the root filesystem's set-up (emulated, one core) and the
+# presets' installs.
 WORK=$CACHE/work
 rm -rf "$WORK"
 mkdir -p "$WORK"
@@ -186,8 +194,6 @@ fi
 log "root filesystem ready: $ROOTFS"
 wait "$WHEELS_PID" || { WHEELS_PID=""; echo "check-aarch64: building the aarch64 wheels failed" >&2; exit 1; }
 WHEELS_PID=""
-wait "$X86_PID" || { X86_PID=""; echo "check-aarch64: the x86 side failed" >&2; exit 1; }
-X86_PID=""
 
 bind() {  # bind SRC DST [ro]
     mkdir -p "$2"
@@ -261,6 +267,7 @@ check_preset() {  # check_preset PRESET: build, install and check one ARM build 
         [[ "${features%%|*} " != *" ${f^^} "* ]] || { echo "check-aarch64: the $preset build uses $f" >&2; return 1; }
     done
 
+    wait_for_x86
     log "$preset: F32 stage parity of english_2m against the reference's dumps made on x86"
     mkdir -p "$WORK/parity-$preset"
     cp -r "$WORK/parity-x86/dumps" "$WORK/parity-$preset/"
@@ -279,7 +286,7 @@ check_preset() {  # check_preset PRESET: build, install and check one ARM build 
     log "$preset: passed"
 }
 
-# The presets run side by side (emulated Python is one thread; the builds take two), each into its log.
+# The presets run side by side (emulated Python is one thread), each into its log.
 pids=()
 for preset in $PRESETS; do
     (set -euo pipefail; check_preset "$preset") >"$WORK/check-$preset.log" 2>&1 &
@@ -293,6 +300,8 @@ for preset in $PRESETS; do
     printf '\n===== aarch64 %s =====\n' "$preset" >&2
     grep -v "holds synthetic weights" "$WORK/check-$preset.log" >&2 || true
 done
+wait "$X86_PID" || failed="$failed x86"
+X86_PID=""
 [ -z "$failed" ] || { echo "check-aarch64: FAILED on$failed" >&2; exit 1; }
 
 log "x86: memory budgets"
