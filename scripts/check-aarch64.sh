@@ -245,7 +245,7 @@ $([ "$clone" = 1 ] && echo "english 256 $shared/$VOICE")
 EOF
 }
 
-check_preset() {  # check_preset PRESET: build, install and check one ARM build (runs in the background)
+check_preset() {  # check_preset PRESET: install and check one ARM build (runs in the background)
     local preset=$1 cpu expect_on expect_off wheels features f
     case $preset in
         pi4) cpu=cortex-a72 expect_on="neon" expect_off="dotprod matmul_int8 sve" ;;
