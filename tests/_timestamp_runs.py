@@ -22,7 +22,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from _parity_runs import SEED, _root
+from _parity_runs import SEED, _root, made_once
 from _reference import shared_path
 
 from pocket_ggml.format.config import PocketConfig, load_released_config
@@ -85,47 +85,49 @@ def shaped_model(config: str, lag: float, mix: str = "F32") -> tuple[Path, Path]
     cfg = load_released_config(config)
     st = _root() / f"{config}-shaped{lag}.safetensors"
     gguf = _root() / f"{config}-shaped{lag}-{mix}.gguf"
-    if not st.exists():
-        plain = _root() / f"{config}-synthetic-for-shaping.safetensors"
-        save_synthetic_safetensors(cfg, SEED, plain)
-        tensors = safetensors.numpy.load_file(str(plain))
-        meta = {"pocket_tts_config": config, "seed": str(SEED), "generator": "pocket-ggml synthetic, heads shaped"}
-        safetensors.numpy.save_file(shaped_tensors(cfg, tensors, lag), str(st), metadata=meta)
-        plain.unlink()
-    if not gguf.exists():
-        tok = read_tokenizer(shared_path("assets", "tokenizer.model"), cfg.flow_lm.n_bins)
-        convert_checkpoint(cfg, gguf, get_mix(mix), tok, checkpoint=SafetensorsCheckpoint(st))
+    with made_once(st):
+        if not st.exists():
+            plain = _root() / f"{config}-shaped{lag}-synthetic-for-shaping.safetensors"
+            save_synthetic_safetensors(cfg, SEED, plain)
+            tensors = safetensors.numpy.load_file(str(plain))
+            meta = {"pocket_tts_config": config, "seed": str(SEED), "generator": "pocket-ggml synthetic, heads shaped"}
+            safetensors.numpy.save_file(shaped_tensors(cfg, tensors, lag), str(st), metadata=meta)
+            plain.unlink()
+    with made_once(gguf):
+        if not gguf.exists():
+            tok = read_tokenizer(shared_path("assets", "tokenizer.model"), cfg.flow_lm.n_bins)
+            convert_checkpoint(cfg, gguf, get_mix(mix), tok, checkpoint=SafetensorsCheckpoint(st))
     return st, gguf
 
 
 def fork_run(config: str, lag: float, text: str, *, temp: float, frames: int) -> dict:
     """pocket-tts-timestamped on the shaped checkpoint (tests/workers/timestamps_reference.py)."""
     out = _root() / "timestamps" / f"{config}-shaped{lag}-t{temp}-f{frames}-{zlib.crc32(text.encode()):08x}.json"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        st, _ = shaped_model(config, lag)
-        cmd = [
-            sys.executable,
-            str(Path(__file__).parent / "workers" / "timestamps_reference.py"),
-            "--weights",
-            str(st),
-            "--config",
-            config,
-            "--tokenizer",
-            str(shared_path("assets", "tokenizer.model")),
-            "--voice-wav",
-            str(shared_path("assets", "voices", "speaker-48k.wav")),
-            "--text",
-            text,
-            "--frames",
-            str(frames),
-            "--seed",
-            str(SEED),
-            "--temp",
-            str(temp),
-            "--out",
-            str(out),
-        ]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, r.stderr[-3000:]
+    with made_once(out):
+        if not out.exists():
+            st, _ = shaped_model(config, lag)
+            cmd = [
+                sys.executable,
+                str(Path(__file__).parent / "workers" / "timestamps_reference.py"),
+                "--weights",
+                str(st),
+                "--config",
+                config,
+                "--tokenizer",
+                str(shared_path("assets", "tokenizer.model")),
+                "--voice-wav",
+                str(shared_path("assets", "voices", "speaker-48k.wav")),
+                "--text",
+                text,
+                "--frames",
+                str(frames),
+                "--seed",
+                str(SEED),
+                "--temp",
+                str(temp),
+                "--out",
+                str(out),
+            ]
+            r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900)
+            assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(out.read_text(encoding="utf-8"))

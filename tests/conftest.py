@@ -24,12 +24,17 @@ def voice_wav() -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _parity_workdir(tmp_path_factory):
-    """Where synthetic models and reference dumps are made, once per test session, or kept across
-    sessions in POCKET_PARITY_DIR (scripts/check-aarch64.sh makes the dumps on x86 and reuses them
-    on aarch64, where the reference is not installed)."""
+    """Where synthetic models and reference dumps are made, once per test run (its pytest-xdist workers
+    share one folder), or kept across runs in POCKET_PARITY_DIR (scripts/check-aarch64.sh makes the dumps
+    on x86 and reuses them on aarch64, where the reference is not installed)."""
     from _parity_runs import set_root
 
     kept = os.environ.get("POCKET_PARITY_DIR")
     if kept:
-        Path(kept).mkdir(parents=True, exist_ok=True)
-    set_root(Path(kept) if kept else tmp_path_factory.mktemp("parity"))
+        root = Path(kept)
+    elif os.environ.get("PYTEST_XDIST_WORKER"):
+        root = tmp_path_factory.getbasetemp().parent / "parity"  # each worker's basetemp is in the run's
+    else:
+        root = tmp_path_factory.mktemp("parity")
+    root.mkdir(parents=True, exist_ok=True)
+    set_root(root)

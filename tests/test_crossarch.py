@@ -2,6 +2,7 @@
 
 import json
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -96,6 +97,19 @@ def test_frame_counts_and_f32_bytes_must_match(tmp_path):
     assert not ok
 
 
+def test_the_emulated_side_may_run_the_subset_it_names(tmp_path):
+    x86 = _side(tmp_path / "x86", {("c", "F32"): _model(), ("c", "Q8_0"): _model(), ("d", "F32"): _model()})
+    arm = _side(tmp_path / "arm", {("c", "F32"): _model(), ("d", "F32"): _model()})
+    rows, ok = compare_runs(x86, arm, crossarch.parse_models("c:F32,d:F32"))
+    assert ok and [(r["config"], r["type"]) for r in rows] == [("c", "F32"), ("d", "F32")]
+    assert not compare_runs(x86, arm, crossarch.parse_models("c:F32,c:Q8_0,d:F32"))[1]  # one named is missing
+    assert not compare_runs(x86, arm, crossarch.parse_models("c:F32"))[1]  # one more than named
+    arm_extra = _side(tmp_path / "extra", {("c", "F32"): _model(), ("e", "F32"): _model()})
+    assert not compare_runs(x86, arm_extra, crossarch.parse_models("c:F32,e:F32"))[1]  # x86 has no e
+    with pytest.raises(click.BadParameter):
+        crossarch.parse_models("c-F32")
+
+
 def test_compare_command_prints_the_table_and_fails_with_exit_1(tmp_path):
     model = _model()
     x86 = _side(tmp_path / "x86", {("c", "Q8_0"): model})
@@ -118,3 +132,21 @@ def test_the_teacher_forced_pass_reproduces_this_machines_free_run(tmp_path, tok
     otherwise)."""
     result = crossarch.synthesize("english_2m_2026-10", type_, tmp_path, tokenizer_path, voice_wav, 0.5, None)
     assert result["frames"] > 0
+
+
+def test_a_model_may_run_on_the_teachers_gguf(tmp_path, tokenizer_path, voice_wav):
+    """--teachers-gguf: the other side runs the reference side's GGUF (bytes copied, not quantized there)."""
+    model = "english_2m_2026-10:Q8_0"
+    common = ["--tokenizer", str(tokenizer_path), "--voice", str(voice_wav), "--voice-seconds", "0.5"]
+    ref, other = tmp_path / "ref", tmp_path / "other"
+    r = CliRunner().invoke(crossarch.main, ["synth", "--out", str(ref), "--models", model, *common])
+    assert r.exit_code == 0, r.output
+    args = ["synth", "--out", str(other), "--models", model, "--teacher", str(ref), "--teachers-gguf", model]
+    r = CliRunner().invoke(crossarch.main, [*args, *common])
+    assert r.exit_code == 0, r.output
+    name = "english_2m_2026-10-Q8_0.gguf"
+    assert (other / name).read_bytes() == (ref / name).read_bytes()
+    rows, ok = compare_runs(ref, other, crossarch.parse_models(model))
+    assert ok and rows[0]["same_gguf"]
+    r = CliRunner().invoke(crossarch.main, [*args[:-1], "english_2m_2026-10:F32", *common])
+    assert r.exit_code == 2 and "--teachers-gguf" in r.output

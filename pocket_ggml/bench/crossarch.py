@@ -8,7 +8,8 @@ files (`--teacher`, the x86 output; on x86 itself, its own): the reference's GGU
 every FlowLM step fed the reference's previous latent, and the Mimi decoder fed the reference's
 latents. It writes the audio, the latents and a `result.json` (frame counts, GGUF sha256, CPU
 features of the ggml build); on the reference side also each quantized type's SNR against F32, and
-the noise floor: the free run again from the voice state with a 1e-7 relative perturbation.
+the noise floor: the free run again from the voice state with a 1e-7 relative perturbation. With
+`--teachers-gguf` a model runs on the reference side's GGUF instead of one quantized here.
 
 `compare` checks, per model: the same number of frames, F32's GGUF bytes equal, and the SNR against
 the reference side of the free-running audio, the teacher-forced latents and the teacher-forced audio:
@@ -30,6 +31,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -149,8 +151,17 @@ def quantization_snr_db(out: Path, config: str, type_: str) -> dict[str, float]:
 
 
 def synthesize(
-    config: str, type_: str, out: Path, tokenizer: Path, voice: Path, voice_seconds: float, teacher: Path | None
+    config: str,
+    type_: str,
+    out: Path,
+    tokenizer: Path,
+    voice: Path,
+    voice_seconds: float,
+    teacher: Path | None,
+    teachers_gguf: bool = False,
 ) -> dict:
+    """One model: quantized here (or, with `teachers_gguf`, the teacher's GGUF copied), its voice cloned,
+    the free run and the teacher-forced pass."""
     from pocket_ggml import TTSModel
     from pocket_ggml.voices.audio import read_audio
 
@@ -158,7 +169,12 @@ def synthesize(
     name = f"{config}-{type_}"
     gguf, voice_state = out / f"{name}.gguf", out / f"{name}-voice.safetensors"
     t0 = time.perf_counter()
-    convert(cfg, gguf, get_mix(type_), read_tokenizer(tokenizer, cfg.flow_lm.n_bins), synthetic_seed=SEED)
+    if teachers_gguf:
+        if teacher is None:
+            raise click.ClickException(f"{name}: the teacher's GGUF needs --teacher")
+        shutil.copyfile(teacher / gguf.name, gguf)
+    else:
+        convert(cfg, gguf, get_mix(type_), read_tokenizer(tokenizer, cfg.flow_lm.n_bins), synthetic_seed=SEED)
     t1 = time.perf_counter()
     model = TTSModel.load_model(gguf, threads=1, mimi_threads=1, temp=0.0)
     floor = None
@@ -208,36 +224,67 @@ def main() -> None:
 @click.option("--voice", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
 @click.option("--configs", default=",".join(DEFAULT_CONFIGS), show_default=True)
 @click.option("--types", default=",".join(DEFAULT_TYPES), show_default=True)
+@click.option(
+    "--models",
+    help="CONFIG:TYPE pairs, comma-separated, instead of every config x type (e.g. the emulated side's subset)",
+)
 @click.option("--voice-seconds", type=click.FloatRange(0.1), default=2.0, show_default=True, help="prompt prefix used")
 @click.option(
     "--teacher",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="the reference side's synth output, for the teacher-forced pass [default: this machine is the reference]",
 )
+@click.option(
+    "--teachers-gguf",
+    help="CONFIG:TYPE pairs of --models run on the teacher's GGUF instead of one quantized here "
+    "(emulation makes quantizing the large configs minutes long)",
+)
 def synth(
-    out: Path, tokenizer: Path, voice: Path, configs: str, types: str, voice_seconds: float, teacher: Path | None
+    out: Path,
+    tokenizer: Path,
+    voice: Path,
+    configs: str,
+    types: str,
+    models: str | None,
+    voice_seconds: float,
+    teacher: Path | None,
+    teachers_gguf: str | None,
 ) -> None:
-    """Quantize and synthesize every config x type here; write the audio and result.json."""
+    """Quantize and synthesize every config x type (or the --models) here; write the audio and result.json."""
+    pairs = parse_models(models) if models else [(c, t) for c in configs.split(",") for t in types.split(",")]
+    copied = set(parse_models(teachers_gguf)) if teachers_gguf else set()
+    if not copied <= set(pairs):
+        raise click.BadParameter("every model named must be one of --models", param_hint="--teachers-gguf")
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for config in configs.split(","):
-        for type_ in types.split(","):
-            r = synthesize(config, type_, out, tokenizer, voice, voice_seconds, teacher)
-            click.echo(f"{config} {type_}: {r['frames']} frames, {r['synthesize_s']} s", err=True)
-            results.append(r)
-        if teacher is None and "F32" in types.split(","):
-            for r in results:
-                if r["config"] == config and r["type"] != "F32":
-                    r["quantization_snr_db"] = quantization_snr_db(out, config, r["type"])
+    for config, type_ in pairs:
+        r = synthesize(config, type_, out, tokenizer, voice, voice_seconds, teacher, (config, type_) in copied)
+        click.echo(f"{config} {type_}: {r['frames']} frames, {r['synthesize_s']} s", err=True)
+        results.append(r)
+    if teacher is None:  # what quantization itself does here: the bars of the other side's quantized types
+        made = {(r["config"], r["type"]) for r in results}
+        for r in results:
+            if r["type"] != "F32" and (r["config"], "F32") in made:
+                r["quantization_snr_db"] = quantization_snr_db(out, r["config"], r["type"])
     info = {"machine": platform.machine(), "ggml_features": ggml_features(), "text": TEXT, "results": results}
     (out / "result.json").write_text(json.dumps(info, indent=1))
 
 
-def compare_runs(reference: Path, other: Path) -> tuple[list[dict], bool]:
-    """Rows of the comparison of `other` against `reference`, and whether every row passes."""
+def parse_models(models: str) -> list[tuple[str, str]]:
+    """The --models option, CONFIG:TYPE pairs comma-separated, as (config, type) tuples."""
+    pairs = [tuple(m.split(":")) for m in models.split(",")]
+    if any(len(p) != 2 or not all(p) for p in pairs):
+        raise click.BadParameter(f"expected CONFIG:TYPE pairs, got {models!r}", param_hint="--models")
+    return pairs
+
+
+def compare_runs(reference: Path, other: Path, models: list[tuple[str, str]] | None = None) -> tuple[list[dict], bool]:
+    """Rows of the comparison of `other` against `reference`, and whether every row passes; `other` must
+    hold exactly `models` (default: every model of `reference`; the emulated side runs a subset)."""
     ref = {(r["config"], r["type"]): r for r in json.loads((reference / "result.json").read_text())["results"]}
     got = {(r["config"], r["type"]): r for r in json.loads((other / "result.json").read_text())["results"]}
-    rows, ok = [], set(ref) == set(got)
+    expected = set(ref) if models is None else set(models)
+    rows, ok = [], set(got) == expected and expected <= set(ref)
 
     def snr(suffix: str, key: tuple[str, str]) -> float:
         a, b = np.load(reference / f"{key[0]}-{key[1]}{suffix}.npy"), np.load(other / f"{key[0]}-{key[1]}{suffix}.npy")
@@ -283,9 +330,10 @@ def _db(x: float | None) -> str:
 @click.argument("reference", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("other", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--label", default="other", help="name of the OTHER side in the table")
-def compare(reference: Path, other: Path, label: str) -> None:
+@click.option("--models", help="the CONFIG:TYPE pairs OTHER must hold [default: every model of REFERENCE]")
+def compare(reference: Path, other: Path, label: str, models: str | None) -> None:
     """Compare OTHER's synth results with REFERENCE's; exit 1 if any model fails its bar."""
-    rows, ok = compare_runs(reference, other)
+    rows, ok = compare_runs(reference, other, parse_models(models) if models else None)
     features = json.loads((other / "result.json").read_text())["ggml_features"]
     active = ", ".join(k for k, v in sorted(features.items()) if v) or "none"
     click.echo(f"\n{label}: ggml CPU features {active}; SNR in dB against x86 (bar)")
