@@ -25,9 +25,10 @@
 # Correctness only: emulated speed says nothing about a real ARM CPU.
 #
 # Needs root (binfmt_misc, chroot, mounts, cgroups). Where it cannot run it fails loudly unless
-# POCKET_SKIP_AARCH64=1. It undoes every mount and registration it made. The root filesystem and the
-# built ggml-python wheels are kept in POCKET_AARCH64_CACHE (default ~/.cache/pocket-ggml/aarch64);
-# without them it rebuilds both (apt installs the cross compiler when it is missing).
+# POCKET_SKIP_AARCH64=1. It undoes every mount and registration it made. The root filesystem (with a
+# venv per preset holding ggml-python and the dependencies) and the built ggml-python wheels are kept in
+# POCKET_AARCH64_CACHE (default ~/.cache/pocket-ggml/aarch64); without them it rebuilds them (apt
+# installs the cross compiler when it is missing). The working tree is installed afresh every run.
 #
 # Environment: POCKET_HOST_PYTHON (x86 interpreter with pocket-ggml and the reference; default .venv),
 # POCKET_AARCH64_PRESETS (default "pi4 phone"), POCKET_AARCH64_CACHE, POCKET_SKIP_AARCH64.
@@ -229,6 +230,12 @@ mkdir -p "$ROOTFS/opt/pocket-ggml"
 (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | xargs -0 tar -cf - --no-recursion) |
     tar -xf - -C "$ROOTFS/opt/pocket-ggml"
 bind "$WORK" "$ROOTFS/opt/work"
+# pure Python: built here as a wheel, for the ARM venvs to unpack
+"$HOST_PY" -m pip wheel -q --no-deps --disable-pip-version-check -w "$WORK/package" "$ROOTFS/opt/pocket-ggml" \
+    >"$WORK/package.log" 2>&1 || { cat "$WORK/package.log" >&2; exit 1; }
+# the ARM venvs' requirements: pyproject's dependencies and pytest, shell-quoted
+DEPENDENCIES=$("$HOST_PY" -c 'import shlex, sys, tomllib
+print(shlex.join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"] + ["pytest"]))' "$REPO/pyproject.toml")
 
 BUDGET_TEXT="The harbour lights came on one by one as the fishing boats returned."
 budgets() {  # budgets OUT_DIR SHARED_DIR CLONE POCKET_SPEAK...: synthesis within memory cgroups
@@ -248,7 +255,7 @@ EOF
 }
 
 check_preset() {  # check_preset PRESET: install and check one ARM build (runs in the background)
-    local preset=$1 cpu expect_on expect_off wheels features f
+    local preset=$1 cpu expect_on expect_off wheels venv features f
     case $preset in
         pi4) cpu=cortex-a72 expect_on="neon" expect_off="dotprod matmul_int8 sve" ;;
         pi5) cpu=cortex-a76 expect_on="neon dotprod" expect_off="matmul_int8 sve" ;;
@@ -256,11 +263,18 @@ check_preset() {  # check_preset PRESET: install and check one ARM build (runs i
         *) echo "check-aarch64: unknown ARM preset $preset" >&2; return 2 ;;
     esac
     wheels=/wheels/$(basename "$(wheel_dir "$preset")")
-    log "$preset: installing pocket-ggml into a fresh venv (QEMU_CPU=$cpu)"
-    in_arm "$cpu" "rm -rf /opt/venv-$preset && python3 -m venv /opt/venv-$preset &&
-        /opt/venv-$preset/bin/pip install -q $wheels/ggml_python-*.whl &&
-        /opt/venv-$preset/bin/pip install -q /opt/pocket-ggml pytest"
-    features=$(in_arm "$cpu" "/opt/venv-$preset/bin/pocket-bench --info")
+    venv=/opt/venv-$preset
+    # pip resolving and unpacking under emulation takes minutes: the venv with ggml-python and the
+    # dependencies is kept in the root filesystem, keyed by the wheel and pyproject's requirements
+    if [ "$(cat "$ROOTFS$venv/.pocket-ggml-deps" 2>/dev/null)" != "$wheels $DEPENDENCIES" ]; then
+        log "$preset: a venv with ggml-python and the dependencies (QEMU_CPU=$cpu)"
+        in_arm "$cpu" "rm -rf $venv && python3 -m venv $venv && $venv/bin/pip install -q $wheels/ggml_python-*.whl &&
+            $venv/bin/pip install -q $DEPENDENCIES"
+        echo "$wheels $DEPENDENCIES" >"$ROOTFS$venv/.pocket-ggml-deps"
+    fi
+    log "$preset: installing this working tree's pocket-ggml (QEMU_CPU=$cpu)"
+    in_arm "$cpu" "$venv/bin/pip install -q --no-deps --force-reinstall /opt/work/package/pocket_ggml-*.whl"
+    features=$(in_arm "$cpu" "$venv/bin/pocket-bench --info")
     log "$preset: $(echo "$features" | tr '\n' ';')"
     for f in $expect_on; do
         [[ "${features%%|*} " == *" ${f^^} "* ]] || { echo "check-aarch64: the $preset build lacks $f" >&2; return 1; }
@@ -273,18 +287,18 @@ check_preset() {  # check_preset PRESET: install and check one ARM build (runs i
     log "$preset: F32 stage parity of english_2m against the reference's dumps made on x86"
     mkdir -p "$WORK/parity-$preset"
     cp -r "$WORK/parity-x86/dumps" "$WORK/parity-$preset/"
-    in_arm "$cpu" "cd /opt/pocket-ggml && PATH=/opt/venv-$preset/bin:\$PATH POCKET_PARITY_DIR=/opt/work/parity-$preset \
+    in_arm "$cpu" "cd /opt/pocket-ggml && PATH=$venv/bin:\$PATH POCKET_PARITY_DIR=/opt/work/parity-$preset \
         python -m pytest -q -p no:cacheprovider --durations=3 tests/test_parity.py -k '$PARITY_TESTS'"
 
     log "$preset: synthesis of $EMULATED_MODELS"
-    in_arm "$cpu" "/opt/venv-$preset/bin/python -m pocket_ggml.bench.crossarch synth --out /opt/work/$preset \
+    in_arm "$cpu" "$venv/bin/python -m pocket_ggml.bench.crossarch synth --out /opt/work/$preset \
         --models $EMULATED_MODELS --teachers-gguf $ON_X86_GGUF --voice-seconds $VOICE_SECONDS \
         --tokenizer /opt/shared/$TOKENIZER --voice /opt/shared/$VOICE --teacher /opt/work/x86"
     "$HOST_PY" -m pocket_ggml.bench.crossarch compare "$WORK/x86" "$WORK/$preset" --label "aarch64 $preset" \
         --models "$EMULATED_MODELS"
 
     log "$preset: memory budgets (qemu's own memory counted)"
-    budgets "/opt/work/$preset" /opt/shared 0 env QEMU_CPU="$cpu" chroot "$ROOTFS" "/opt/venv-$preset/bin/pocket-speak"
+    budgets "/opt/work/$preset" /opt/shared 0 env QEMU_CPU="$cpu" chroot "$ROOTFS" "$venv/bin/pocket-speak"
     log "$preset: passed"
 }
 
