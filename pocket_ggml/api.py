@@ -36,7 +36,7 @@ from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.runtime.markup import parse_markup, spoken_text
 from pocket_ggml.runtime.model import GenerationSettings, PocketRuntime
 from pocket_ggml.runtime.pipeline import Silence, speak_chunks, speak_text_stream, text_chunks
-from pocket_ggml.runtime.text import MAX_TOKENS_PER_CHUNK, shorten_first_chunk
+from pocket_ggml.runtime.text import MAX_TOKENS_PER_CHUNK, SentencePieces, shorten_first_chunk
 from pocket_ggml.runtime.timestamps import WordEnd, WordStart, WordTimestamp, timestamp_heads
 from pocket_ggml.voices.audio import read_audio
 from pocket_ggml.voices.state import VoiceState, check_fits, clone_voice, load_voice_state
@@ -313,13 +313,19 @@ class TTSModel:
 
         A sentence ends where `generate_audio_stream` would end it (after . ! or ?, never at a
         decimal point) once the whitespace after it has arrived, or when `text_stream` is exhausted;
-        each sentence is then spoken exactly as `generate_audio_stream(model_state, sentence)` speaks
-        it (same chunks, same tokens, same noise from the same seed), so sentences are not grouped
-        into chunks as they are in a whole text. While a sentence is being written, the FlowLM is
-        prompted with its complete words (those followed by whitespace) as far as the text rules
-        and the tokenizer leave them settled, so that when it ends only its last few tokens, one
-        FlowLM step and one Mimi frame stand between it and its first audio. Pieces are read in the
-        caller's thread, between sentences: a slow `text_stream` only delays what comes after it.
+        each sentence is then spoken as `generate_audio_stream(model_state, sentence)` speaks it
+        (same chunks, same tokens, same noise from the same seed), so sentences are not grouped into
+        chunks as they are in a whole text. The samples are the same up to float rounding at F32. With
+        quantized matrices they differ by about the quantization error: a prompt fed in pieces is
+        multiplied in other groups of rows than one fed whole, and a rounding that differs can move
+        an activation across a step of ggml's 8-bit activation quantization; the streamed audio is
+        as close to F32's as the one-shot audio is (tests/test_text_stream.py).
+
+        While a sentence is being written, the FlowLM is prompted with its complete words (those
+        followed by whitespace) as far as the text rules and the tokenizer leave them settled, so
+        that when it ends only its last few tokens, one FlowLM step and one Mimi frame stand between
+        it and its first audio. Pieces are read in the caller's thread, between sentences: a slow
+        `text_stream` only delays what comes after it.
 
         With `markup`, each sentence's pauses are played as `generate_audio_stream` plays them (a
         `<speak>` wrapper must then open and close within one sentence); a sentence whose markup is
@@ -347,6 +353,12 @@ class TTSModel:
         stop = stop or threading.Event()
         stream = speak_text_stream(self._rt, model_state.snapshot, pieces, settings, rng, stop, max_tokens, markup)
         return self._locked(stream)
+
+    def sentence_pieces(self) -> SentencePieces:
+        """A cutter of text arriving in pieces into the sentences `generate_audio_for_text_stream`
+        ends (see `SentencePieces`), for a caller that speaks a stream with one call per sentence:
+        each call then speaks its sentence as the whole stream would, prompted while it is written."""
+        return SentencePieces(self._rt.tokenizer, self.config.text)
 
     def _locked(self, stream: Iterator[T]) -> Iterator[T]:
         """`stream`, run while this model is held: a second generation meanwhile is a `BusyError`."""

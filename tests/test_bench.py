@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import stat
 import subprocess
 from pathlib import Path
 
+import click
 import pytest
 from _cli import run_cli
 from _parity_runs import synthetic_model
@@ -21,7 +23,7 @@ from _reference import require_reference
 from pocket_ggml.bench.assets import write_wav16
 from pocket_ggml.bench.flops import count_flops
 from pocket_ggml.bench.report import RATIO_METRICS, RECORD_FIELDS
-from pocket_ggml.cli.bench import _threads_list
+from pocket_ggml.cli.bench import _counts
 from pocket_ggml.format.config import load_released_config
 from pocket_ggml.voices.store import synthetic_voice_audio
 
@@ -116,9 +118,29 @@ def test_missing_reference_is_a_message(tmp_path):
     assert "needs the official pocket-tts 4.0.1" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_threads_list():
-    assert _threads_list("1,2") == [1, 2]
-    assert _threads_list("2, 2,1") == [2, 1]
+def test_count_lists():
+    assert _counts("1,2", "thread", 64) == (1, 2)
+    assert _counts("2, 2,1", "core", 4096) == (2, 1)
+    assert _counts(None, "core", 4096) == ()
+    with pytest.raises(click.BadParameter):
+        _counts("0", "core", 4096)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a sweep over 2 and 1 cores needs 2 CPUs")
+def test_a_cores_sweep_measures_each_core_count(tmp_path):
+    """--cores 2,1: every configuration on the first two CPUs, then pinned to the first one; each record
+    says its CPUs and the table names them."""
+    _, gguf = synthetic_model(SMALL, "Q4_K_M")
+    wav, out = tmp_path / "voice-1s.wav", tmp_path / "bench.json"
+    write_wav16(wav, synthetic_voice_audio(24000, seconds=1.0), 24000)
+    args = ["--model", str(gguf), "--voice", str(wav), "--frames", "4", "--runs", "1", "--cores", "2,1"]
+    r = _bench([*args, "--json", str(out)], tmp_path / "cache")
+    assert r.returncode == 0, r.stderr[-4000:]
+    cpus = sorted(os.sched_getaffinity(0))
+    assert [rec["cores"] for rec in json.loads(out.read_text())["results"]] == [cpus[:2], cpus[:1]]
+    assert "pocket-ggml Q4_K_M 1T 2 cores | pocket-ggml Q4_K_M 1T 1 core |" in r.stdout
+    r = _bench([*args[:-1], str(len(cpus) + 1)], tmp_path / "cache", timeout=120)
+    assert r.returncode == 2 and f"--cores {len(cpus) + 1}" in r.stderr
 
 
 def test_flops_match_the_parameter_count():

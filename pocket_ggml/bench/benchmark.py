@@ -40,7 +40,7 @@ class BenchOptions:
     tokenizer: str | None = None  # of a .safetensors `model`
     threads: tuple[int, ...] = (1,)  # FlowLM and Mimi decoder threads; more than one is a sweep
     mimi_threads: int | None = None  # when the Mimi decoder's should differ from `threads`
-    cores: int | None = None  # pin the processes to the first N CPUs
+    cores: tuple[int, ...] = ()  # pin the measured processes to the first N CPUs; more than one is a sweep
     frames: int = DEFAULT_FRAMES
     text: str | None = None  # None: a passage about as long as the frames
     voice: str | None = None  # prompt audio; None: the synthetic voice as a wav
@@ -70,12 +70,14 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _pin(cores: int | None) -> list[int]:
-    """The CPUs this process (and the children it starts) run on: the first `cores` ones when given."""
-    try:
-        return hardware.pin_first_cores(cores) if cores else sorted(os.sched_getaffinity(0))
-    except ValueError as e:
-        raise BenchSetupError(str(e)) from None
+def _core_sets(cores: tuple[int, ...]) -> list[list[int]]:
+    """The CPUs of each configuration: the first N this process may use, for each N of `cores` (none
+    given: all of them), checked before anything is measured."""
+    allowed = sorted(os.sched_getaffinity(0))
+    for n in cores:
+        if n > len(allowed):
+            raise BenchSetupError(f"--cores {n}: this process may use {len(allowed)} CPUs ({allowed})")
+    return [allowed[:n] for n in cores] or [allowed]
 
 
 def _model_and_prompt(options: BenchOptions, progress: Progress) -> tuple[Path, assets.ModelFacts, Path, str]:
@@ -94,7 +96,8 @@ def run_feed_benchmark(options: BenchOptions, *, command: str, progress: Progres
     this process: see `pocket_ggml.bench.feed`."""
     from pocket_ggml.bench.feed import run_feed
 
-    pinned = _pin(options.cores)
+    pinned = _core_sets(options.cores[:1])[0]
+    os.sched_setaffinity(0, pinned)
     gguf, _, wav, text = _model_and_prompt(options, progress)
     threads = options.threads[0]
     doc = run_feed(
@@ -125,9 +128,7 @@ def run_benchmark(options: BenchOptions, *, command: str, progress: Progress) ->
     from pocket_ggml.runtime.build_check import slow_build_note
 
     load_start = hardware.load_average()
-    pinned = _pin(options.cores)
-    if options.cores:
-        progress(f"pinned to CPUs {pinned}")
+    core_sets = _core_sets(options.cores)
     ref_versions: dict[str, str | None] = {}
     if options.reference:
         ref_versions = runner.check_reference(options.reference_python)
@@ -154,27 +155,29 @@ def run_benchmark(options: BenchOptions, *, command: str, progress: Progress) ->
         progress("import time of pocket_ggml in fresh interpreters")
         import_ours = runner.measure_import_ms(sys.executable, runner.IMPORT_OURS, env, import_reps)
         raws: list[tuple[str, dict]] = []
-        for t in threads:
-            common = {
-                "voice": str(wav),
-                "text": text,
-                "frames": frames,
-                "runs": runs,
-                "threads": t,
-                "cores": pinned,
-                "temperature": temperature,
-                "seed": 0,
-                "voice_runs": voice_runs,
-            }
-            progress(f"pocket-ggml, {t} thread(s)")
-            spec = {**common, "model": str(gguf), "mimi_threads": mimi_threads or t}
-            raws.append((facts.quant_mix, runner.run_ours(spec, env, progress)))
-            if options.reference:
-                for quantize in (False, True):
-                    variant = "int8" if quantize else "fp32"
-                    progress(f"pocket-tts {variant}, {t} thread(s)")
-                    spec = {**common, **ref_common, "quantize": quantize}
-                    raws.append((variant, runner.run_reference(options.reference_python, spec, env, progress)))
+        for cpus in core_sets:
+            on = f" on CPUs {cpus}" if options.cores else ""
+            for t in threads:
+                common = {
+                    "voice": str(wav),
+                    "text": text,
+                    "frames": frames,
+                    "runs": runs,
+                    "threads": t,
+                    "cores": cpus,
+                    "temperature": temperature,
+                    "seed": 0,
+                    "voice_runs": voice_runs,
+                }
+                progress(f"pocket-ggml, {t} thread(s){on}")
+                spec = {**common, "model": str(gguf), "mimi_threads": mimi_threads or t}
+                raws.append((facts.quant_mix, runner.run_ours(spec, env, progress)))
+                if options.reference:
+                    for quantize in (False, True):
+                        variant = "int8" if quantize else "fp32"
+                        progress(f"pocket-tts {variant}, {t} thread(s){on}")
+                        spec = {**common, **ref_common, "quantize": quantize}
+                        raws.append((variant, runner.run_reference(options.reference_python, spec, env, progress)))
 
     # the reference's import is timed first thing in each of its fresh child processes
     import_ref = [float(r["import_in_child_s"]) * 1e3 for _, r in raws if r["backend"] == "pocket-tts"]
@@ -227,7 +230,7 @@ def run_benchmark(options: BenchOptions, *, command: str, progress: Progress) ->
             "voice_rows": voice_rows,
             "threads": threads,
             "mimi_threads": mimi_threads,
-            "cores": pinned,
+            "cores": core_sets[0] if len(core_sets) == 1 else core_sets,
             "temperature": temperature,
             "eos_threshold": "inf",
             "omp_wait_policy": env.get("OMP_WAIT_POLICY"),

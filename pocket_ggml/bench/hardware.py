@@ -174,13 +174,3 @@ def load_average() -> tuple[float, float, float] | None:
         return float(a), float(b), float(c)
     except (OSError, ValueError):
         return None
-
-
-def pin_first_cores(n: int) -> list[int]:
-    """Restrict this process (and the children it starts) to the first `n` CPUs it may use now."""
-    allowed = sorted(os.sched_getaffinity(0))
-    if not 1 <= n <= len(allowed):
-        raise ValueError(f"--cores {n}: this process may use {len(allowed)} CPUs ({allowed})")
-    chosen = allowed[:n]
-    os.sched_setaffinity(0, chosen)
-    return chosen

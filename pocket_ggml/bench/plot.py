@@ -48,7 +48,7 @@ def require_matplotlib() -> None:
 def _label(r: Mapping[str, Any]) -> str:
     threads = f"{r['threads']}T" if r["threads"] == r["mimi_threads"] else f"{r['threads']}+{r['mimi_threads']}T"
     name = "ours" if r["backend"] == "pocket-ggml" else "ref"
-    return f"{name} {r['variant']}\n{threads}"
+    return f"{name} {r['variant']}\n{threads} {len(r.get('cores') or ())}c"
 
 
 def _colour(r: Mapping[str, Any]) -> str:
@@ -65,8 +65,17 @@ def _finite(x: object) -> float:
 
 
 def _ordered(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """By thread count, ours first, then the reference's variants."""
-    return sorted(records, key=lambda r: (r["threads"], r["mimi_threads"], r["backend"] != "pocket-ggml", r["variant"]))
+    """By core count (most first), thread count, ours first, then the reference's variants."""
+    return sorted(
+        records,
+        key=lambda r: (
+            -len(r.get("cores") or ()),
+            r["threads"],
+            r["mimi_threads"],
+            r["backend"] != "pocket-ggml",
+            r["variant"],
+        ),
+    )
 
 
 def plot_report(doc: Mapping[str, Any], path: str | Path) -> Path:

@@ -182,13 +182,18 @@ def make_record(
 
 
 def ratios(records: Sequence[Mapping[str, Any]]) -> list[dict[str, object]]:
-    """ours / reference for every thread count and reference variant."""
+    """ours / reference for every thread count, set of CPUs and reference variant."""
     out = []
     for ours in (r for r in records if r["backend"] == "pocket-ggml"):
         for ref in records:
-            if ref["backend"] != "pocket-tts" or ref["threads"] != ours["threads"]:
+            if ref["backend"] != "pocket-tts" or (ref["threads"], ref["cores"]) != (ours["threads"], ours["cores"]):
                 continue
-            row: dict[str, object] = {"threads": ours["threads"], "reference": ref["variant"], "ours": ours["variant"]}
+            row: dict[str, object] = {
+                "threads": ours["threads"],
+                "cores": ours["cores"],
+                "reference": ref["variant"],
+                "ours": ours["variant"],
+            }
             for m in RATIO_METRICS:
                 row[m] = _safe_div(float(ours[m]), float(ref[m]))
             out.append(row)
@@ -253,9 +258,14 @@ _ROWS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
 )
 
 
-def _column(r: Mapping[str, Any]) -> str:
+def _column(r: Mapping[str, Any], swept_cores: bool) -> str:
     t = f"{r['threads']}T" if r["threads"] == r["mimi_threads"] else f"{r['threads']}+{r['mimi_threads']}T"
-    return f"{r['backend']} {r['variant']} {t}"
+    return f"{r['backend']} {r['variant']} {t}" + (f" {_cores(r)}" if swept_cores else "")
+
+
+def _cores(r: Mapping[str, Any]) -> str:
+    n = len(r.get("cores") or ())
+    return f"{n} core" + ("s" if n != 1 else "")
 
 
 def _load_line(st: Mapping[str, Any], hw: Mapping[str, Any]) -> str:
@@ -277,19 +287,20 @@ def markdown(doc: Mapping[str, Any]) -> str:
     model: Mapping[str, Any] = doc["model"]
     st: Mapping[str, Any] = doc["settings"]
     feats = " ".join(k.upper() for k, v in hw["ggml_features"].items() if v)
+    swept_cores = len({tuple(r.get("cores") or ()) for r in records}) > 1
     lines = [
         f"**pocket-bench**: {model['config']} {model['quant_mix']} ({model['weights_kind']} weights), "
         f"{st['frames']} frames = {_num(records[0]['audio_s'], 2) if records else '-'} s audio, voice cached, "
         f"{st['runs']} warm run(s) after 1 cold",
         f"CPU: {hw['model']} ({hw['machine']}), {hw['logical_cpus']} logical / {hw['physical_cores']} physical, "
-        f"pinned to CPUs {st['cores']}; ISA: {' '.join(hw['isa_flags'])}; ggml: {feats}",
+        f"measured on CPUs {st['cores']}; ISA: {' '.join(hw['isa_flags'])}; ggml: {feats}",
         "versions: " + ", ".join(f"{k} {v}" for k, v in ver.items() if v and k != "python_executable"),
         f"OMP_WAIT_POLICY={st['omp_wait_policy'] or '(unset)'}; threads = ggml threads of FlowLM and of Mimi "
         "(torch.set_num_threads for the reference, shared by its FlowLM and Mimi threads)",
         _load_line(st, hw),
         *([f"**SLOW BUILD**: {hw['ggml_slow_build']}"] if hw.get("ggml_slow_build") else []),
         "",
-        "| metric | " + " | ".join(_column(r) for r in records) + " |",
+        "| metric | " + " | ".join(_column(r, swept_cores) for r in records) + " |",
         "|---|" + "---:|" * len(records),
     ]
     for label, fn in _ROWS:
@@ -300,12 +311,13 @@ def markdown(doc: Mapping[str, Any]) -> str:
             "",
             "ours / reference (realtime factor: higher is better; times, memory, size: lower is better)",
             "",
-            "| threads | vs | " + " | ".join(RATIO_METRICS) + " |",
-            "|---|---|" + "---:|" * len(RATIO_METRICS),
+            "| threads | cores | vs | " + " | ".join(RATIO_METRICS) + " |",
+            "|---|---|---|" + "---:|" * len(RATIO_METRICS),
         ]
         for row in rs:
             cells = " | ".join(_num(row[m], 2) for m in RATIO_METRICS)
-            lines.append(f"| {row['threads']} | pocket-tts {row['reference']} | {cells} |")
+            cores = len(row.get("cores") or ())
+            lines.append(f"| {row['threads']} | {cores} | pocket-tts {row['reference']} | {cells} |")
     methods = {str(r["stage_method"]) for r in records}
     roofs = {f"{r['backend']}: {r['roof_method']}" for r in records}
     lines += [

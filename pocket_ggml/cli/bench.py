@@ -28,14 +28,17 @@ from pocket_ggml.format.config import DEFAULT_MIX
 _ERROR = "pocket-bench: error: "
 
 
-def _threads_list(value: str) -> list[int]:
+def _counts(value: str | None, what: str, most: int) -> tuple[int, ...]:
+    """A comma-separated list of `what` counts from 1 to `most`, without repeats (None: none given)."""
+    if value is None:
+        return ()
     try:
         out = [int(x) for x in value.split(",") if x.strip()]
     except ValueError:
-        raise click.BadParameter(f"{value!r}: give thread counts separated by commas, e.g. 1,2") from None
-    if not out or any(not 1 <= t <= 64 for t in out):
-        raise click.BadParameter(f"{value!r}: thread counts must be 1-64")
-    return list(dict.fromkeys(out))
+        raise click.BadParameter(f"{value!r}: give {what} counts separated by commas, e.g. 1,2") from None
+    if not out or any(not 1 <= t <= most for t in out):
+        raise click.BadParameter(f"{value!r}: {what} counts must be 1-{most}")
+    return tuple(dict.fromkeys(out))
 
 
 def _progress(msg: str) -> None:
@@ -75,9 +78,10 @@ def _progress(msg: str) -> None:
 )
 @click.option(
     "--cores",
-    type=click.IntRange(1, 4096),
-    metavar="N",
-    help="pin every process to the first N CPUs (sched_setaffinity) before loading",
+    "cores_arg",
+    metavar="N[,N...]",
+    help="pin every measured process to the first N CPUs (sched_setaffinity) before loading; a list is "
+    "a sweep, each core count with every thread count",
 )
 @click.option(
     "--frames",
@@ -131,7 +135,9 @@ def _progress(msg: str) -> None:
     metavar="N",
     help="with --feed-wps: the first_chunk_tokens of the one-shot figure",
 )
-def main(info: bool, threads_arg: str, json_path: str | None, plot_path: str | None, **settings) -> None:
+def main(
+    info: bool, threads_arg: str, cores_arg: str | None, json_path: str | None, plot_path: str | None, **settings
+) -> None:
     """Benchmark pocket-ggml (FlowLM and the Mimi transformer on a worker thread, the SEANet decoder in
     the consumer, as the product runs) through the public TTSModel API, with the voice state computed
     before timing.
@@ -139,7 +145,7 @@ def main(info: bool, threads_arg: str, json_path: str | None, plot_path: str | N
     \b
       pocket-bench                                   # synthetic english Q4_K_M, 125 frames, 1 thread
       pocket-bench --reference --threads 1,2 --runs 3
-      pocket-bench --reference --cores 1
+      pocket-bench --reference --cores 2,1                # on two cores, then pinned to one
       pocket-bench --type Q8_0 --json q8.json
       pocket-bench --reference --plot bench.png
       pocket-bench --info
@@ -148,7 +154,9 @@ def main(info: bool, threads_arg: str, json_path: str | None, plot_path: str | N
     if info:
         _print_build_info()
         return
-    options = BenchOptions(threads=tuple(_threads_list(threads_arg)), **settings)
+    options = BenchOptions(
+        threads=_counts(threads_arg, "thread", 64), cores=_counts(cores_arg, "core", 4096), **settings
+    )
     command = " ".join(["pocket-bench", *sys.argv[1:]])
     if options.feed_wps is not None:
         with exit_on_pocket_error(_ERROR):

@@ -283,6 +283,39 @@ class SentenceStream:
         return rest or None
 
 
+class SentencePieces:
+    """Text that arrives in pieces, cut for a speaker that takes one sentence at a time (e.g. one
+    `generate_audio_for_text_stream` call per sentence): `feed` returns (text, ends) pairs in order,
+    the sentence being written handed out as far as its last white space (its complete words: all
+    that can be prompted ahead) and `ends` True where `SentenceStream` ends a sentence. A
+    sentence's texts joined are that sentence, give or take white space around it, and a
+    `SentenceStream` fed them finds no other end in them."""
+
+    def __init__(self, tok: Tokenizer, rules: TextRules) -> None:
+        self.tok = tok
+        self.rules = rules
+        self._pending = ""  # the sentence being written
+        self._given = 0  # how much of it `feed` handed out
+
+    def feed(self, piece: str) -> list[tuple[str, bool]]:
+        self._pending += piece
+        out = []
+        while (end := _sentence_end(self._pending, self.tok, self.rules)) is not None:
+            # a period after a digit waits with the white space after it already handed out
+            out.append((self._pending[self._given : end], True))
+            self._pending, self._given = self._pending[max(end, self._given) :], 0
+        cut = _LAST_WHITESPACE.search(self._pending)
+        if cut is not None and cut.end() > self._given:
+            out.append((self._pending[self._given : cut.end()], False))
+            self._given = cut.end()
+        return out
+
+    def close(self) -> str:
+        """What was not handed out (the stream is over: it ends the last sentence)."""
+        rest, self._pending, self._given = self._pending[self._given :], "", 0
+        return rest
+
+
 def _first_chunk_tokens(tok: Tokenizer, text: str, rules: TextRules, max_tokens: int) -> list[int]:
     """The token ids the one-shot path prompts for the first chunk of `text`."""
     first = split_into_best_sentences(tok, text, rules, max_tokens)[0]

@@ -17,7 +17,7 @@ import collections
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -65,6 +65,7 @@ class ModelPool:
         self.voice_names = first.voice_names
         self.config = first.config
         self.has_voice_cloning = first.has_voice_cloning
+        self.sentence_pieces = first.sentence_pieces
         self.is_synthetic = first.is_synthetic
         self._idle: list[TTSModel] = list(self._models)
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
@@ -167,11 +168,18 @@ class ModelPool:
             result.set_result(value)
 
     async def stream(
-        self, model: TTSModel, voice_state: VoiceState, text: str, *, seed: int | None = None, **kwargs
+        self,
+        model: TTSModel,
+        voice_state: VoiceState,
+        text: str | Iterable[str],
+        *,
+        seed: int | None = None,
+        **kwargs,
     ) -> AsyncIterator[np.ndarray]:
-        """The float32 chunks of `model.generate_audio_stream(voice_state, text, seed=seed, **kwargs)`, generated
-        on a worker thread at most `READ_AHEAD_CHUNKS` ahead of the consumer. When the consumer stops
-        iterating (or is cancelled), the generation is told to stop and ends within a frame."""
+        """The float32 chunks of `model.generate_audio_stream(voice_state, text, seed=seed, **kwargs)` (of
+        `generate_audio_for_text_stream` when `text` is an iterable of pieces, read on the worker thread),
+        generated on a worker thread at most `READ_AHEAD_CHUNKS` ahead of the consumer. When the consumer
+        stops iterating (or is cancelled), the generation is told to stop and ends within a frame."""
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue = asyncio.Queue()
         credits = threading.Semaphore(READ_AHEAD_CHUNKS)
@@ -181,7 +189,9 @@ class ModelPool:
         def produce() -> None:
             ending = _Finished()
             try:
-                generation = model.generate_audio_stream(voice_state, text, stop=stop, seed=seed, **kwargs)
+                streamed = not isinstance(text, str)
+                generate = model.generate_audio_for_text_stream if streamed else model.generate_audio_stream
+                generation = generate(voice_state, text, stop=stop, seed=seed, **kwargs)
                 with contextlib.closing(generation):
                     for chunk in generation:
                         while not credits.acquire(timeout=0.05):

@@ -5,17 +5,22 @@ plugs Piper in). Built on the `wyoming` package: its event types, `AsyncServer` 
   the HTTP server (the same registry), in the model's language; `supports_synthesize_streaming`.
 - `synthesize` -> `audio-start` (24 kHz, 16-bit, mono), one `audio-chunk` per decoded 80 ms frame, `audio-stop`.
 - `synthesize-start`, `synthesize-chunk`*, `synthesize-stop` (Home Assistant sends an LLM's answer while it is
-  being written): each sentence is spoken as soon as it is complete in the incoming text (it ends at . ! ? or
-  ... followed by white space, so never at a decimal point), while later text still arrives; one `audio-start`
-  ... `audio-stop` around all of it, then `synthesize-stopped`. The `synthesize` that Home Assistant repeats
-  inside a stream, for services that do not stream, is ignored there.
+  being written): each sentence is spoken as soon as it is complete in the incoming text (where
+  `TTSModel.generate_audio_for_text_stream` ends it: after . ! or ? and the white space that follows, never at
+  a decimal point), while later text still arrives; one `audio-start` ... `audio-stop` around all of it, then
+  `synthesize-stopped`. A sentence is prompted while it is written (its complete words, on the instance that
+  will speak it), so that when it ends only its last tokens, a FlowLM step and a Mimi frame stand before its
+  first audio. The `synthesize` that Home Assistant repeats inside a stream, for services that do not stream,
+  is ignored there.
 
 Seeds: with `seed=N` every `synthesize` is generated with seed N, so its audio equals
 `TTSModel.generate_audio(voice, text, seed=N)`; the k-th sentence (from 0) of a streamed request gets seed N + k,
 so a stream equals its sentences generated one by one. Without a seed each request draws one, and logs it.
 
-Requests share the HTTP server's instances: one is borrowed per request (per sentence when streaming, so a
-slow LLM holds none while it writes). A Wyoming client cannot retry later the way an HTTP client is told to, so
+Requests share the HTTP server's instances: one is borrowed per request (per sentence when streaming: from
+its first words to the end of its audio, so a slow LLM holds none between sentences; a sentence whose next
+text does not come within `SENTENCE_WAIT` seconds is spoken as it stands, and what comes later starts a new
+one). A Wyoming client cannot retry later the way an HTTP client is told to, so
 when the pool's queue is full it waits its turn here: no client is turned away.
 
 An unknown voice is spoken in the default voice with a logged warning, as wyoming-piper does: Home Assistant
@@ -38,11 +43,12 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import re
+import queue
 import secrets
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from importlib import metadata
 from urllib.parse import urlparse
 
@@ -61,7 +67,7 @@ from wyoming.tts import (
 )
 
 from pocket_ggml.errors import Overloaded, PocketError, TextError, UnknownVoice, WyomingServiceError
-from pocket_ggml.runtime.text import CLOSERS, TERMINAL_PUNCTUATION
+from pocket_ggml.runtime.text import SentencePieces
 from pocket_ggml.serve.formats import pcm16
 from pocket_ggml.serve.pool import ModelPool
 from pocket_ggml.serve.registry import VoiceRegistry
@@ -87,9 +93,6 @@ _LANGUAGES = {
     "portuguese": "pt",
     "dutch": "nl",
 }
-# The sentence end of the runtime's text rules (runtime.text): a run of terminal punctuation, closing quotes or
-# brackets after it, then white space. "3.5" has no space after its point, so it never ends a sentence.
-_SENTENCE_END = re.compile(f"[{re.escape(TERMINAL_PUNCTUATION)}]+[{re.escape(CLOSERS)}]*\\s")
 
 
 class _Refusal(Exception):
@@ -140,57 +143,102 @@ def build_info(pool: ModelPool, registry: VoiceRegistry) -> Info:
     return Info(tts=[program])
 
 
-class SentenceStream:
-    """Complete sentences out of text that arrives in pieces: `add` returns those a piece completed, `finish`
-    what remains at the end."""
+# Seconds a streamed sentence may wait for its next text: it holds an instance meanwhile (what it was
+# prompted with lives there), so a client that stops writing mid-sentence has it spoken as it stands.
+SENTENCE_WAIT = 10.0
 
-    def __init__(self) -> None:
-        self._text = ""
 
-    def add(self, text: str) -> list[str]:
-        self._text += text
-        sentences = []
-        while (end := _SENTENCE_END.search(self._text)) is not None:
-            sentence, self._text = self._text[: end.end()].strip(), self._text[end.end() :]
-            if sentence:
-                sentences.append(sentence)
-        return sentences
+class _SentenceText:
+    """One sentence of a streamed request, its text handed to the generation's thread as it arrives (the
+    thread iterates it); `end` closes it. A sentence that waits longer than `wait` seconds for its next
+    text closes itself: `put` then returns False, and the text belongs to a new sentence."""
 
-    def finish(self) -> str:
-        rest, self._text = self._text.strip(), ""
-        return rest
+    def __init__(self, wait: float) -> None:
+        self._texts: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._wait = wait
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def put(self, text: str) -> bool:
+        with self._lock:
+            if not self._closed:
+                self._texts.put(text)
+            return not self._closed
+
+    def end(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._texts.put(None)
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            try:
+                text = self._texts.get(timeout=self._wait)
+            except queue.Empty:
+                with self._lock:
+                    if self._texts.empty():
+                        self._closed = True
+                        return
+                continue
+            if text is None:
+                return
+            yield text
 
 
 class _Utterance:
     """One request's text as the speaker takes it: the whole text of a `synthesize`, or the sentences of a
-    streamed request as they become complete; None ends it."""
+    streamed request (`_SentenceText`s, each queued as soon as its first words arrive, and cut where
+    `TTSModel.generate_audio_for_text_stream` ends sentences); None ends it."""
 
-    def __init__(self, voice: str | None, seed: int, streamed: bool, max_chars: int):
+    def __init__(self, voice: str | None, seed: int, cutter: SentencePieces | None, max_chars: int):
         self.voice = voice
         self.seed = seed
-        self.streamed = streamed
-        self.texts: asyncio.Queue[str | None] = asyncio.Queue()
+        self.streamed = cutter is not None
+        self.texts: asyncio.Queue[str | _SentenceText | None] = asyncio.Queue()
         self.chars = 0
-        self.first_text_at: float | None = None
+        self.first_text_at: float | None = None  # when its first sentence was complete
         self._max_chars = max_chars
-        self._sentences = SentenceStream()
+        self._cutter = cutter
+        self._sentence: _SentenceText | None = None  # the one being written
 
     def add(self, text: str) -> None:
         self.chars += len(text)
         if self.chars > self._max_chars:
             raise _Refusal("text-too-long", f"the text is longer than {self._max_chars} characters")
-        for sentence in self._sentences.add(text) if self.streamed else [text]:
-            self._put(sentence)
+        if self._cutter is None:
+            self._complete()
+            self.texts.put_nowait(text)
+            return
+        for piece, ends in self._cutter.feed(text):
+            self._continue(piece)
+            if ends:
+                self._end_sentence()
 
     def finish(self) -> None:
-        if rest := self._sentences.finish():
-            self._put(rest)
+        if self._cutter is not None:
+            self._continue(self._cutter.close())
+            self._end_sentence()
         self.texts.put_nowait(None)
 
-    def _put(self, text: str) -> None:
+    def _continue(self, piece: str) -> None:
+        if self._sentence is not None and self._sentence.put(piece):
+            return
+        if not piece.strip():
+            self._sentence = None  # white space starts no sentence
+            return
+        self._sentence = _SentenceText(SENTENCE_WAIT)
+        self._sentence.put(piece)
+        self.texts.put_nowait(self._sentence)
+
+    def _end_sentence(self) -> None:
+        if self._sentence is not None:
+            self._sentence.end()
+            self._sentence = None
+        self._complete()
+
+    def _complete(self) -> None:
         if self.first_text_at is None:
             self.first_text_at = time.monotonic()
-        self.texts.put_nowait(text)
 
 
 class _Sent:
@@ -383,7 +431,8 @@ class _Connection(AsyncEventHandler):
             raise _Refusal("bad-event", "the voice name must be a string")
         if self._requests.qsize() >= MAX_PENDING_REQUESTS:
             raise _Refusal("too-many-requests", f"more than {MAX_PENDING_REQUESTS} requests waiting to be spoken")
-        utterance = _Utterance(name, self.service.request_seed(), streamed, self.service.max_chars)
+        cutter = self.service.pool.sentence_pieces() if streamed else None
+        utterance = _Utterance(name, self.service.request_seed(), cutter, self.service.max_chars)
         self._requests.put_nowait(utterance)
         return utterance
 
@@ -447,10 +496,15 @@ class _Connection(AsyncEventHandler):
                 outcome,
             )
 
-    async def _play(self, state, text: str, seed: int, sent: _Sent) -> None:
-        """Generate `text` on a pool instance and send each chunk as it is decoded."""
+    async def _play(self, state, text: str | _SentenceText, seed: int, sent: _Sent) -> None:
+        """Generate `text` on a pool instance and send each chunk as it is decoded. A streamed sentence is
+        prompted while it is written: its text is read on the generation's thread as it arrives."""
         pool = self.service.pool
-        async with _instance(pool) as model, contextlib.aclosing(pool.stream(model, state, text, seed=seed)) as chunks:
+        async with contextlib.AsyncExitStack() as stack:
+            if isinstance(text, _SentenceText):
+                stack.callback(text.end)  # after the generation stopped: its thread waits for no more text
+            model = await stack.enter_async_context(_instance(pool))
+            chunks = await stack.enter_async_context(contextlib.aclosing(pool.stream(model, state, text, seed=seed)))
             async for chunk in chunks:
                 audio = pcm16(chunk).tobytes()
                 timestamp = sent.samples * 1000 // pool.sample_rate
