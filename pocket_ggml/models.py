@@ -23,7 +23,9 @@ from pocket_ggml.quantize.policy import get_mix
 from pocket_ggml.voices.store import convert_with_voices, synthetic_voice_audio
 
 DEFAULT_VOICE = "synthetic"
-CACHE_VERSION = "v2"  # v2: synthetic checkpoints identical across machines (float64 freqs)
+CACHE_VERSION = (
+    "v3"  # v2: synthetic checkpoints identical across machines (float64 freqs); v3: Q4_K_M's Mimi transformers Q8_0
+)
 HF_REPO = "kyutai/pocket-tts"
 
 

@@ -4,7 +4,10 @@ Why the mixes are as they are (the quantization study in the docs has the figure
 the SEANet kernels want F16 in the high-quality mixes; attention `out_proj` is the most sensitive
 FlowLM matrix at 4 bits, so the Q4 mix keeps it Q8_0 for a few MB; the text table tolerates Q4_K; the
 Mimi decoder transformer loses little at Q8_0, the SEANet decoder much more, so it stays F16. The Mimi
-encoder (voice cloning only) loses little at Q8_0 and is Q8_0 in every quantized mix.
+encoder (voice cloning only) loses little at Q8_0 and is Q8_0 in every quantized mix. The Mimi
+transformers are Q8_0 even in the Q4 mix: they multiply 16 rows a frame, which llamafile's kernels do
+for Q8_0 (and F16) but not for K-quants, so a K-quant there would be copied to F16 at load, taking
+twice Q8_0's memory for no gain in speed.
 
 Fallback (ggml quantizes rows, along `ne[0]`): a K-quant needs rows that are a multiple of 256;
 otherwise Q8_0 if the row is a multiple of 32, else F16. Q8_0 falls back to F16 the same way.
@@ -87,6 +90,8 @@ MIXES: dict[str, Mix] = {
             LM_FFN_DOWN=T.Q4_K,
             LM_TEXT_EMBD=T.Q4_K,
             LM_ATTN_OUT=T.Q8_0,
+            MIMI_DEC_TRANSFORMER=T.Q8_0,
+            MIMI_ENC_TRANSFORMER=T.Q8_0,
             SEANET_DEC=T.F16,
             MIMI_QUANT_OUT=T.F16,
             SEANET_ENC=T.Q8_0,
@@ -94,7 +99,7 @@ MIXES: dict[str, Mix] = {
             LM_SPEAKER_PROJ=T.Q8_0,
             LM_EOS=T.F16,
         ),
-        description="FlowLM Q4_K (out_proj Q8_0), flow head and Mimi transformers Q6_K, SEANet decoder F16, "
+        description="FlowLM Q4_K (out_proj Q8_0), flow head Q6_K, Mimi transformers Q8_0, SEANet decoder F16, "
         "encoder Q6_K/Q8_0",
     ),
 }
