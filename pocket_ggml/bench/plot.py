@@ -124,7 +124,9 @@ def plot_report(doc: Mapping[str, Any], path: str | Path) -> Path:
         fontsize=8,
         bbox={"fc": "white", "ec": "none", "pad": 1},
     )
-    left.set_xticks(list(xs), labels, fontsize=8)
+    # more than six bars do not fit their labels side by side
+    crowded = len(records) > 6
+    left.set_xticks(list(xs), labels, fontsize=8, rotation=60 if crowded else 0, ha="right" if crowded else "center")
     left.set_ylabel("realtime factor (audio s / wall s, higher is faster)")
     left.set_title("speed per configuration (median, min-max of the warm runs)", fontsize=10)
     tops = [v + h for v, h in zip(values, hi) if math.isfinite(v) and math.isfinite(h)]
