@@ -151,24 +151,48 @@ def gguf(request):
     return synthetic_model(SMALL, request.param)[1]
 
 
+def _one_shot_sentences(gguf, voice, sentences: list[str], **kwargs) -> list[np.ndarray]:
+    """Each sentence spoken alone by `generate_audio_stream`, one after the other on one model (seed 5)."""
+    model = TTSModel.load_model(gguf, seed=5)
+    return [c for s in sentences for c in model.generate_audio_stream(voice, s, **kwargs)]
+
+
+def _check_streamed(got: list[np.ndarray], expected: list[np.ndarray], gguf, f32_expected) -> None:
+    """At F32, chunk for chunk within float rounding. A quantized mix's audio depends on how its prompt
+    was cut into calls (`test_quantized_streamed_text_is_as_close_to_f32_as_one_shot`; on an AVX2-only
+    build even english_2m's mostly-Q8_0 mix moves), so there: as close to F32's one-shot audio as the
+    one-shot audio is, 3 dB of slack (`f32_expected()` gives F32's)."""
+    if gguf.stem.endswith("F32"):
+        assert len(got) == len(expected) > 0
+        for i, (a, b) in enumerate(zip(got, expected)):
+            assert rel_err(a, b) <= AUDIO_TOL if b.any() else not a.any(), f"chunk {i}"
+        return
+    f32 = np.concatenate(f32_expected())
+    streamed, one_shot = np.concatenate(got), np.concatenate(expected)
+    n = min(len(f32), len(streamed), len(one_shot))
+    assert n > 0
+    assert _snr_db(f32[:n], streamed[:n]) >= _snr_db(f32[:n], one_shot[:n]) - 3.0
+
+
 @pytest.mark.parametrize("max_tokens", [50, 12])
 def test_streamed_text_sounds_as_each_sentence_spoken_alone(gguf, voice_wav, max_tokens):
     """max_tokens 12 splits the long sentence into clause chunks: they too are the one-shot path's."""
-    one_shot = TTSModel.load_model(gguf, seed=5)
-    voice = one_shot.get_state_for_audio_prompt(voice_wav)
+    model = TTSModel.load_model(gguf)
+    voice = model.get_state_for_audio_prompt(voice_wav)
     for feed in (_words, _llm_pieces, list) if max_tokens == 50 else (_words,):
         pieces = feed(TEXT)
-        expected = [
-            c
-            for s in _sentences(pieces, one_shot._rt.tokenizer)
-            for c in one_shot.generate_audio_stream(voice, s, max_tokens=max_tokens)
-        ]
+        sentences = _sentences(pieces, model._rt.tokenizer)
+        expected = _one_shot_sentences(gguf, voice, sentences, max_tokens=max_tokens)
         streamed = TTSModel.load_model(gguf, seed=5)
         got = list(streamed.generate_audio_for_text_stream(voice, iter(pieces), max_tokens=max_tokens))
-        assert len(got) == len(expected) > 0
-        for i, (a, b) in enumerate(zip(got, expected)):
-            assert rel_err(a, b) <= AUDIO_TOL, f"{feed.__name__} chunk {i}"
-        one_shot = TTSModel.load_model(gguf, seed=5)  # the same noise for the next feed
+        _check_streamed(
+            got,
+            expected,
+            gguf,
+            lambda sentences=sentences: _one_shot_sentences(
+                synthetic_model(SMALL)[1], voice, sentences, max_tokens=max_tokens
+            ),
+        )
 
 
 def test_bad_pieces_are_parameter_errors(gguf, voice_wav):
@@ -194,14 +218,14 @@ def test_streamed_text_plays_each_sentences_pauses(gguf, voice_wav):
     pieces = _words(text)
     sentences = _sentences(pieces, one_shot._rt.tokenizer)
     assert len(sentences) == 3 and sentences[1].startswith("[pause:0.5]")
-    expected = [c for s in sentences for c in one_shot.generate_audio_stream(voice, s)]
+    expected = _one_shot_sentences(gguf, voice, sentences)
     streamed = TTSModel.load_model(gguf, seed=5)
     got = list(streamed.generate_audio_for_text_stream(voice, iter(pieces)))
     assert [len(c) for c in got] == [len(c) for c in expected]
     silent = [i for i, c in enumerate(expected) if not c.any()]
     assert sum(len(expected[i]) for i in silent) == round(0.5 * 24000) + round(0.12 * 24000)
-    for i, (a, b) in enumerate(zip(got, expected)):
-        assert (not a.any()) if i in silent else rel_err(a, b) <= AUDIO_TOL, f"chunk {i}"
+    assert all(not got[i].any() for i in silent)
+    _check_streamed(got, expected, gguf, lambda: _one_shot_sentences(synthetic_model(SMALL)[1], voice, sentences))
     literal = TTSModel.load_model(gguf, seed=5)
     spoken = list(literal.generate_audio_for_text_stream(voice, iter(pieces), markup=False))
     assert all(c.any() for c in spoken)
